@@ -1,0 +1,152 @@
+//! `nrl.v1.PatientAdmin` and `nrl.v1.AuditLog`: patient restriction, access logs, the audit export.
+
+use super::conversions as conv;
+use crate::audit::AuditEvent;
+use crate::auth::caller_of;
+use crate::error::RegistryError;
+use crate::proto::nrl::v1 as pb;
+use crate::proto::nrl::v1::audit_log_server::AuditLog;
+use crate::proto::nrl::v1::patient_admin_server::PatientAdmin;
+use crate::registry::Registry;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+pub struct PatientAdminService {
+    registry: Registry,
+}
+
+impl PatientAdminService {
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+}
+
+#[tonic::async_trait]
+impl PatientAdmin for PatientAdminService {
+    async fn set_restriction(
+        &self,
+        request: Request<pb::SetRestrictionRequest>,
+    ) -> Result<Response<pb::SetRestrictionResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let nhs = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number")?;
+        let restricted = self.registry.set_restriction(&caller, nhs, request.get_ref().restricted).await?;
+        Ok(Response::new(pb::SetRestrictionResponse { nhs_number: nhs.to_string(), restricted }))
+    }
+
+    async fn get_restriction(
+        &self,
+        request: Request<pb::GetRestrictionRequest>,
+    ) -> Result<Response<pb::GetRestrictionResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let nhs = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number")?;
+        let restricted = self.registry.restriction(&caller, nhs).await?;
+        Ok(Response::new(pb::GetRestrictionResponse { nhs_number: nhs.to_string(), restricted }))
+    }
+}
+
+pub struct AuditLogService {
+    registry: Registry,
+}
+
+impl AuditLogService {
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+}
+
+fn event(e: &AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        cursor: e.cursor.clone().unwrap_or_default(),
+        time: Some(conv::to_timestamp(e.time)),
+        application: e.application.clone(),
+        organisation: e.organisation.clone(),
+        end_user: e.end_user.clone().unwrap_or_default(),
+        purpose: e.purpose.clone().unwrap_or_default(),
+        operation: e.operation.clone(),
+        nhs_number: e.nhs_number.to_string(),
+        pointer_ids: e.pointer_ids.iter().map(ToString::to_string).collect(),
+        outcome: e.outcome.clone(),
+        break_glass: e.break_glass,
+    }
+}
+
+/// How often a following export stream looks for new events.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
+const EXPORT_BATCH: usize = 500;
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AuditLog for AuditLogService {
+    async fn get_access_log(
+        &self,
+        request: Request<pb::GetAccessLogRequest>,
+    ) -> Result<Response<pb::GetAccessLogResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.get_ref();
+        let nhs = conv::nhs_number(&req.nhs_number, "nhs_number")?;
+        let size = match req.page_size {
+            0 => 50,
+            n if n < 0 => return Err(RegistryError::invalid("page_size", "must not be negative").into()),
+            n => n as usize,
+        };
+        let before = match req.page_token.as_str() {
+            "" => None,
+            token if self.registry.audit_store().valid_cursor(token) => Some(token.to_string()),
+            _ => return Err(RegistryError::invalid("page_token", "is not a page token from this service").into()),
+        };
+        let page = self.registry.access_log(&caller, nhs, before, size).await?;
+        Ok(Response::new(pb::GetAccessLogResponse {
+            events: page.events.iter().map(event).collect(),
+            next_page_token: page.next_before.unwrap_or_default(),
+        }))
+    }
+
+    type StreamAuditEventsStream = EventStream;
+
+    async fn stream_audit_events(
+        &self,
+        request: Request<pb::StreamAuditEventsRequest>,
+    ) -> Result<Response<Self::StreamAuditEventsStream>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let mut after = match req.after.as_str() {
+            "" => None,
+            cursor if self.registry.audit_store().valid_cursor(cursor) => Some(cursor.to_string()),
+            _ => return Err(RegistryError::invalid("after", "is not a cursor from this service").into()),
+        };
+        // Check permission before the stream starts, so a refusal is a status, not a broken stream.
+        let first = self.registry.audit_events(&caller, after.clone(), EXPORT_BATCH).await?;
+        let registry = self.registry.clone();
+        let follow = req.follow;
+        let (sender, receiver) = tokio::sync::mpsc::channel(EXPORT_BATCH);
+        tokio::spawn(async move {
+            let mut batch = first;
+            loop {
+                let full = batch.len() == EXPORT_BATCH;
+                for e in &batch {
+                    after = e.cursor.clone().or(after);
+                    if sender.send(Ok(event(e))).await.is_err() {
+                        return; // The client went away.
+                    }
+                }
+                if !full {
+                    if !follow || sender.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(FOLLOW_INTERVAL).await;
+                }
+                batch = match registry.audit_events(&caller, after.clone(), EXPORT_BATCH).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        let _ = sender.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+}

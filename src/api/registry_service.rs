@@ -1,0 +1,160 @@
+//! `nrl.v1.PointerRegistry`: validate → convert → call the registry → convert back.
+
+use super::conversions as conv;
+use super::status::code_of;
+use crate::auth::caller_of;
+use crate::domain::limits::MAX_BATCH;
+use crate::error::RegistryError;
+use crate::proto::nrl::v1 as pb;
+use crate::proto::nrl::v1::pointer_registry_server::PointerRegistry;
+use crate::registry::Registry;
+use tonic::{Request, Response, Status};
+
+pub struct PointerRegistryService {
+    registry: Registry,
+}
+
+impl PointerRegistryService {
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+}
+
+fn batch_error(error: RegistryError) -> pb::EntryError {
+    let code = code_of(&error) as i32;
+    let field = error.field().unwrap_or_default().to_string();
+    let message = match error {
+        RegistryError::Internal(_) => "internal error".to_string(),
+        other => other.to_string(),
+    };
+    pb::EntryError { code, message, field }
+}
+
+#[tonic::async_trait]
+impl PointerRegistry for PointerRegistryService {
+    async fn create_pointer(
+        &self,
+        request: Request<pb::CreatePointerRequest>,
+    ) -> Result<Response<pb::CreatePointerResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let draft = conv::draft(req.pointer.as_ref(), "pointer", self.registry.reference())?;
+        let registered = self.registry.create(&caller, draft).await?;
+        Ok(Response::new(pb::CreatePointerResponse {
+            pointer: Some((&registered.pointer).into()),
+            created: registered.created,
+        }))
+    }
+
+    async fn get_pointer(
+        &self,
+        request: Request<pb::GetPointerRequest>,
+    ) -> Result<Response<pb::GetPointerResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let id = conv::pointer_id(&request.get_ref().id, "id")?;
+        let pointer = self.registry.get(&caller, id).await?;
+        Ok(Response::new(pb::GetPointerResponse { pointer: Some((&pointer).into()) }))
+    }
+
+    async fn update_pointer(
+        &self,
+        request: Request<pb::UpdatePointerRequest>,
+    ) -> Result<Response<pb::UpdatePointerResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let id = conv::pointer_id(&req.id, "id")?;
+        if req.version == 0 {
+            return Err(RegistryError::invalid("version", "is required: send the version you read").into());
+        }
+        let draft = conv::draft(req.pointer.as_ref(), "pointer", self.registry.reference())?;
+        let pointer = self.registry.update(&caller, id, req.version, draft).await?;
+        Ok(Response::new(pb::UpdatePointerResponse { pointer: Some((&pointer).into()) }))
+    }
+
+    async fn delete_pointer(
+        &self,
+        request: Request<pb::DeletePointerRequest>,
+    ) -> Result<Response<pb::DeletePointerResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let id = conv::pointer_id(&req.id, "id")?;
+        let version = (req.version != 0).then_some(req.version);
+        let pointer = self.registry.delete(&caller, id, version).await?;
+        Ok(Response::new(pb::DeletePointerResponse { pointer: Some((&pointer).into()) }))
+    }
+
+    async fn supersede_pointer(
+        &self,
+        request: Request<pb::SupersedePointerRequest>,
+    ) -> Result<Response<pb::SupersedePointerResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let draft = conv::draft(req.pointer.as_ref(), "pointer", self.registry.reference())?;
+        let olds = conv::supersedes(&req.supersedes)?;
+        let outcome = self.registry.supersede(&caller, draft, olds).await?;
+        Ok(Response::new(pb::SupersedePointerResponse {
+            pointer: Some((&outcome.pointer).into()),
+            superseded: outcome.superseded.iter().map(Into::into).collect(),
+            created: outcome.created,
+        }))
+    }
+
+    async fn search_pointers(
+        &self,
+        request: Request<pb::SearchPointersRequest>,
+    ) -> Result<Response<pb::SearchPointersResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let query = conv::query(req.query.as_ref(), self.registry.reference())?;
+        let page = conv::page_request(req.page_size, &req.page_token, &query)?;
+        let found = self.registry.search(&caller, &query, page).await?;
+        Ok(Response::new(pb::SearchPointersResponse {
+            pointers: found.pointers.iter().map(Into::into).collect(),
+            next_page_token: found
+                .next_after
+                .map(|after| crate::domain::query::encode_page_token(&query, after))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn count_pointers(
+        &self,
+        request: Request<pb::CountPointersRequest>,
+    ) -> Result<Response<pb::CountPointersResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let query = conv::query(request.get_ref().query.as_ref(), self.registry.reference())?;
+        let count = self.registry.count(&caller, &query).await?;
+        Ok(Response::new(pb::CountPointersResponse { count }))
+    }
+
+    async fn batch_create_pointers(
+        &self,
+        request: Request<pb::BatchCreatePointersRequest>,
+    ) -> Result<Response<pb::BatchCreatePointersResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        if req.pointers.is_empty() {
+            return Err(RegistryError::invalid("pointers", "at least one entry is required").into());
+        }
+        if req.pointers.len() > MAX_BATCH {
+            return Err(RegistryError::invalid("pointers", format!("at most {MAX_BATCH} entries per call")).into());
+        }
+        let reference = self.registry.reference();
+        // Entry errors name the field relative to the entry ("content[0].url").
+        let drafts = req.pointers.iter().map(|p| conv::draft(Some(p), "", reference)).collect();
+        let results = self.registry.create_batch(&caller, drafts).await;
+        let outcomes = results
+            .into_iter()
+            .enumerate()
+            .map(|(index, result)| pb::BatchOutcome {
+                index: index as u32,
+                result: Some(match result {
+                    Ok(r) if r.created => pb::batch_outcome::Result::Created((&r.pointer).into()),
+                    Ok(r) => pb::batch_outcome::Result::Existing((&r.pointer).into()),
+                    Err(e) => pb::batch_outcome::Result::Error(batch_error(e)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::BatchCreatePointersResponse { outcomes }))
+    }
+}

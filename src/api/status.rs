@@ -1,0 +1,44 @@
+//! The one place registry errors become gRPC statuses. `code_of` is exhaustive on purpose: a new
+//! error variant does not compile until someone decides its code.
+
+use crate::error::RegistryError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+impl From<RegistryError> for Status {
+    fn from(error: RegistryError) -> Self {
+        let code = code_of(&error);
+        match error {
+            RegistryError::InvalidArgument { field, reason } => Status::with_error_details(
+                code,
+                format!("{field}: {reason}"),
+                ErrorDetails::with_bad_request_violation(field, reason),
+            ),
+            RegistryError::FailedPrecondition { field, reason } => Status::with_error_details(
+                code,
+                format!("{field}: {reason}"),
+                ErrorDetails::with_precondition_failure_violation("STATE", field, reason),
+            ),
+            RegistryError::Internal(detail) => {
+                // Details stay in the log; the caller learns nothing of the internals.
+                tracing::error!(error = %detail, "internal error");
+                Status::internal("internal error")
+            }
+            other => Status::new(code, other.to_string()),
+        }
+    }
+}
+
+/// The code an error maps to, for batch outcomes (which carry a code rather than a Status).
+pub fn code_of(error: &RegistryError) -> Code {
+    match error {
+        RegistryError::InvalidArgument { .. } => Code::InvalidArgument,
+        RegistryError::FailedPrecondition { .. } => Code::FailedPrecondition,
+        RegistryError::NotFound(_) => Code::NotFound,
+        RegistryError::AlreadyExists(_) => Code::AlreadyExists,
+        RegistryError::Aborted(_) => Code::Aborted,
+        RegistryError::PermissionDenied(_) => Code::PermissionDenied,
+        RegistryError::Unavailable(_) => Code::Unavailable,
+        RegistryError::Internal(_) => Code::Internal,
+    }
+}

@@ -1,0 +1,238 @@
+//! Who is calling, and what they may do.
+//!
+//! Authentication turns a request's credentials (a JWT bearer token, or an mTLS client certificate)
+//! into a [`Caller`]; [`interceptor`] does it once per request, before any handler runs, and puts the
+//! caller in the request's extensions. Authorisation decisions are all in [`policy`], which the
+//! registry consults for every operation: nothing else decides who may see or change what.
+//!
+//! Permissions travel with the identity: in token claims (`org`, `roles`, `pointer_types`,
+//! `regions`), so the identity provider is the policy point, as in NHS national services; for mTLS,
+//! in a clients file keyed by certificate common name. Either way an operator changes them without
+//! a rebuild.
+
+pub mod jwt;
+pub mod mtls;
+pub mod policy;
+
+use crate::domain::{OdsCode, RegionCode};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tonic::{Request, Status};
+
+/// What a caller may do. A caller can hold several.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Registers, updates, supersedes and deletes its own organisation's pointers.
+    Producer,
+    /// Searches, reads and locates pointers, stating a purpose of use.
+    Consumer,
+    /// Restricts and unrestricts patients.
+    Admin,
+    /// Reads access logs and the audit export.
+    Auditor,
+    /// The patient-facing portal: reads a patient's access log.
+    Portal,
+    /// Another registry node calling on behalf of its own caller (federation).
+    Peer,
+}
+
+impl Role {
+    pub fn parse(input: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(input.trim().to_ascii_lowercase())).ok()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Producer => "producer",
+            Role::Consumer => "consumer",
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+            Role::Portal => "portal",
+            Role::Peer => "peer",
+        }
+    }
+}
+
+/// Why the caller is asking, from the `x-purpose-of-use` metadata.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Purpose {
+    DirectCare,
+    /// Break-glass: sees a restricted patient's pointers, and the audit says so.
+    Emergency,
+    PatientRequest,
+    Administration,
+    Audit,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 5] =
+        [Purpose::DirectCare, Purpose::Emergency, Purpose::PatientRequest, Purpose::Administration, Purpose::Audit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::DirectCare => "direct-care",
+            Purpose::Emergency => "emergency",
+            Purpose::PatientRequest => "patient-request",
+            Purpose::Administration => "administration",
+            Purpose::Audit => "audit",
+        }
+    }
+
+    pub fn parse(input: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str().eq_ignore_ascii_case(input.trim()))
+    }
+}
+
+/// A set of permitted values, or all of them.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Scope<T: Ord> {
+    All,
+    Only(BTreeSet<T>),
+}
+
+impl<T: Ord> Scope<T> {
+    pub fn allows(&self, value: &T) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Only(values) => values.contains(value),
+        }
+    }
+}
+
+/// An authenticated caller and what it stated about this request.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Caller {
+    /// The calling application: token subject or certificate common name.
+    pub application: String,
+    pub organisation: OdsCode,
+    pub roles: BTreeSet<Role>,
+    /// Pointer type codes it may touch.
+    pub pointer_types: Scope<String>,
+    /// Regions a producer may register for.
+    pub regions: Scope<RegionCode>,
+    /// `x-end-user`: the person the application acts for, if it says.
+    pub end_user: Option<String>,
+    /// `x-purpose-of-use`.
+    pub purpose: Option<Purpose>,
+    /// Authentication is switched off (loopback development only): every check passes.
+    pub unrestricted: bool,
+}
+
+impl Caller {
+    /// The caller when authentication is off: local development on loopback.
+    pub fn local_developer() -> Self {
+        Self {
+            application: "local-developer".into(),
+            organisation: OdsCode::parse("LOCAL").unwrap_or_else(|_| unreachable!("LOCAL is a valid ODS code")),
+            roles: [Role::Producer, Role::Consumer, Role::Admin, Role::Auditor].into_iter().collect(),
+            pointer_types: Scope::All,
+            regions: Scope::All,
+            end_user: None,
+            purpose: Some(Purpose::DirectCare),
+            unrestricted: true,
+        }
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.unrestricted || self.roles.contains(&role)
+    }
+}
+
+/// How callers prove who they are. Built from configuration at startup.
+#[derive(Clone)]
+pub enum Authenticator {
+    /// No authentication: every call is [`Caller::local_developer`]. Only allowed on loopback.
+    Disabled,
+    Enabled {
+        jwt: Option<Arc<jwt::JwtVerifier>>,
+        mtls: Option<Arc<mtls::ClientDirectory>>,
+    },
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Authenticator::Disabled => f.write_str("Authenticator::Disabled"),
+            Authenticator::Enabled { jwt, mtls } => {
+                write!(f, "Authenticator::Enabled {{ jwt: {}, mtls: {} }}", jwt.is_some(), mtls.is_some())
+            }
+        }
+    }
+}
+
+pub const PURPOSE_HEADER: &str = "x-purpose-of-use";
+pub const END_USER_HEADER: &str = "x-end-user";
+const MAX_END_USER_LEN: usize = 128;
+
+impl Authenticator {
+    /// Establishes the caller of `request`: credentials first (UNAUTHENTICATED if missing or bad),
+    /// then the stated purpose and end user (INVALID_ARGUMENT if malformed).
+    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let mut caller = match self {
+            Authenticator::Disabled => Caller::local_developer(),
+            Authenticator::Enabled { jwt, mtls } => {
+                let bearer = request.metadata().get("authorization");
+                match (bearer, jwt, mtls) {
+                    (Some(header), Some(verifier), _) => {
+                        let header = header.to_str().map_err(|_| unauthenticated("malformed authorization header"))?;
+                        let token = header
+                            .strip_prefix("Bearer ")
+                            .ok_or_else(|| unauthenticated("authorization must be `Bearer <token>`"))?;
+                        verifier.verify(token.trim())?
+                    }
+                    (Some(_), None, _) => return Err(unauthenticated("bearer tokens are not accepted here")),
+                    (None, _, Some(clients)) => clients.identify(request)?,
+                    (None, _, None) => {
+                        return Err(unauthenticated("credentials required: authorization: Bearer <token>"))
+                    }
+                }
+            }
+        };
+        if let Some(purpose) = request.metadata().get(PURPOSE_HEADER) {
+            let text = purpose.to_str().map_err(|_| bad_metadata(PURPOSE_HEADER, "must be text"))?;
+            caller.purpose = Some(Purpose::parse(text).ok_or_else(|| {
+                let all: Vec<&str> = Purpose::ALL.iter().map(|p| p.as_str()).collect();
+                bad_metadata(PURPOSE_HEADER, &format!("must be one of: {}", all.join(", ")))
+            })?);
+        }
+        if let Some(user) = request.metadata().get(END_USER_HEADER) {
+            let text = user.to_str().map_err(|_| bad_metadata(END_USER_HEADER, "must be text"))?;
+            if text.is_empty() || text.len() > MAX_END_USER_LEN || text.chars().any(char::is_control) {
+                return Err(bad_metadata(
+                    END_USER_HEADER,
+                    &format!("must be 1 to {MAX_END_USER_LEN} printable characters"),
+                ));
+            }
+            caller.end_user = Some(text.to_string());
+        }
+        Ok(caller)
+    }
+}
+
+pub fn unauthenticated(reason: &str) -> Status {
+    Status::unauthenticated(reason.to_string())
+}
+
+fn bad_metadata(field: &str, reason: &str) -> Status {
+    crate::error::RegistryError::invalid(field, reason).into()
+}
+
+/// The tonic interceptor: authenticates every call to a protected service and leaves the
+/// [`Caller`] in the request extensions for the handler.
+pub fn interceptor(authenticator: Authenticator) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let caller = authenticator.authenticate(&request)?;
+        // The `rpc` span (telemetry::RequestIdLayer) names the caller's organisation in every log line.
+        tracing::Span::current().record("caller_org", caller.organisation.as_str());
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+/// The caller the interceptor established. A missing one is a wiring bug, answered as
+/// UNAUTHENTICATED rather than a panic.
+pub fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request.extensions().get::<Caller>().cloned().ok_or_else(|| unauthenticated("no caller established"))
+}

@@ -1,0 +1,198 @@
+//! Pointer files for `create` and `supersede`: JSON shaped like `PointerInput`, with enums by name
+//! and the document date in RFC 3339. Unknown fields are refused so a typo (`"nhs_numbr"`) is
+//! reported here instead of being silently dropped.
+
+use crate::proto::nrl::v1 as pb;
+use chrono::{DateTime, FixedOffset};
+use serde::Deserialize;
+use std::io::Read;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PointerFile {
+    nhs_number: String,
+    region: String,
+    custodian: String,
+    #[serde(default)]
+    author: String,
+    #[serde(rename = "type")]
+    pointer_type: String,
+    #[serde(default)]
+    category: String,
+    content: Vec<ContentFile>,
+    #[serde(default)]
+    practice_setting: Option<CodingFile>,
+    #[serde(default, deserialize_with = "rfc3339")]
+    document_date: Option<DateTime<FixedOffset>>,
+    #[serde(default)]
+    producer_reference: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContentFile {
+    url: String,
+    content_type: String,
+    format: String,
+    retrieval_mechanism: Mechanism,
+    stability: StabilityName,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodingFile {
+    code: String,
+    #[serde(default)]
+    display: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum Mechanism {
+    Ssp,
+    Direct,
+    Ldr,
+    InContext,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum StabilityName {
+    Static,
+    Dynamic,
+}
+
+/// chrono's own error ("input contains invalid characters") says neither which field nor what was
+/// expected.
+fn rfc3339<'de, D>(deserializer: D) -> Result<Option<DateTime<FixedOffset>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let Some(text) = Option::<String>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    DateTime::parse_from_rfc3339(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "document_date {text:?} is not an RFC 3339 date-time like 2025-03-04T10:00:00Z ({e})"
+        ))
+    })
+}
+
+impl From<PointerFile> for pb::PointerInput {
+    fn from(f: PointerFile) -> Self {
+        pb::PointerInput {
+            nhs_number: f.nhs_number,
+            region: f.region,
+            custodian: f.custodian,
+            author: f.author,
+            r#type: f.pointer_type,
+            category: f.category,
+            content: f.content.into_iter().map(pb::Content::from).collect(),
+            practice_setting: f.practice_setting.map(|c| pb::Coding { code: c.code, display: c.display }),
+            document_date: f.document_date.map(|at| prost_types::Timestamp {
+                seconds: at.timestamp(),
+                // Always below 2e9 (chrono keeps leap seconds under 2 s), so it fits an i32.
+                nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(i32::MAX),
+            }),
+            producer_reference: f.producer_reference,
+        }
+    }
+}
+
+impl From<ContentFile> for pb::Content {
+    fn from(c: ContentFile) -> Self {
+        pb::Content {
+            url: c.url,
+            content_type: c.content_type,
+            format: c.format,
+            retrieval_mechanism: match c.retrieval_mechanism {
+                Mechanism::Ssp => pb::RetrievalMechanism::Ssp,
+                Mechanism::Direct => pb::RetrievalMechanism::Direct,
+                Mechanism::Ldr => pb::RetrievalMechanism::Ldr,
+                Mechanism::InContext => pb::RetrievalMechanism::InContext,
+            } as i32,
+            stability: match c.stability {
+                StabilityName::Static => pb::Stability::Static,
+                StabilityName::Dynamic => pb::Stability::Dynamic,
+            } as i32,
+        }
+    }
+}
+
+/// Parses the text of a pointer file. The error names the line and column.
+pub fn parse_pointer(json: &str) -> Result<pb::PointerInput, serde_json::Error> {
+    serde_json::from_str::<PointerFile>(json).map(Into::into)
+}
+
+/// Reads and parses a pointer file, `-` meaning stdin. The error is ready to print: it names the
+/// file and what is wrong with it.
+pub fn read_pointer(path: &str) -> Result<pb::PointerInput, String> {
+    let (name, text) = if path == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map_err(|e| format!("cannot read stdin: {e}"))?;
+        ("stdin".to_string(), text)
+    } else {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        (path.to_string(), text)
+    };
+    parse_pointer(&text).map_err(|e| format!("{name} is not a valid pointer file: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"{
+        "nhs_number": "943 476 5919",
+        "region": "QWO",
+        "custodian": "RR8",
+        "author": "Y05868",
+        "type": "736253002",
+        "category": "734163000",
+        "content": [{
+            "url": "https://qwo.example.nhs.uk/doc/1",
+            "content_type": "application/pdf",
+            "format": "urn:nhs-ic:unstructured",
+            "retrieval_mechanism": "IN_CONTEXT",
+            "stability": "STATIC"
+        }],
+        "practice_setting": {"code": "394802001", "display": "General medicine"},
+        "document_date": "2025-03-04T10:00:00+01:00",
+        "producer_reference": "DOC-1"
+    }"#;
+
+    #[test]
+    fn a_full_file_maps_every_field() {
+        let input = parse_pointer(FULL).expect("valid");
+        assert_eq!(input.nhs_number, "943 476 5919");
+        assert_eq!(input.r#type, "736253002");
+        assert_eq!(input.author, "Y05868");
+        assert_eq!(input.content[0].retrieval_mechanism, pb::RetrievalMechanism::InContext as i32);
+        assert_eq!(input.content[0].stability, pb::Stability::Static as i32);
+        assert_eq!(input.document_date.map(|t| t.seconds), Some(1_741_078_800), "the offset is applied");
+        assert_eq!(input.practice_setting.map(|c| c.code).as_deref(), Some("394802001"));
+    }
+
+    #[test]
+    fn optional_fields_may_be_left_out() {
+        let minimal = r#"{"nhs_number":"9434765919","region":"QWO","custodian":"RR8","type":"736253002",
+            "content":[{"url":"https://x.example/1","content_type":"text/html",
+            "format":"urn:nhs-ic:unstructured","retrieval_mechanism":"SSP","stability":"DYNAMIC"}]}"#;
+        let input = parse_pointer(minimal).expect("valid");
+        assert!(input.author.is_empty() && input.producer_reference.is_empty());
+        assert!(input.document_date.is_none() && input.practice_setting.is_none());
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_named() {
+        let typo = FULL.replace("\"nhs_number\"", "\"nhs_numbr\"");
+        let err = parse_pointer(&typo).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("nhs_numbr")), "{err:?}");
+        let mechanism = FULL.replace("IN_CONTEXT", "EMAIL");
+        let err = parse_pointer(&mechanism).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("EMAIL")), "{err:?}");
+        let date = FULL.replace("2025-03-04T10:00:00+01:00", "yesterday");
+        let err = parse_pointer(&date).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("document_date \"yesterday\"")), "{err:?}");
+    }
+}

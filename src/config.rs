@@ -1,0 +1,500 @@
+//! Server configuration, from flags or `NRL_*` environment variables (clap reads both, flags win).
+//! Everything is validated before the server starts; a bad value is reported and `nrl` exits 64.
+
+use crate::admin::AdminConfig;
+use crate::auth::jwt::{JwtVerifier, VerifyingKey};
+use crate::auth::mtls::ClientDirectory;
+use crate::auth::Authenticator;
+use crate::domain::{PointerTypeCatalogue, RegionCode, RegionDirectory};
+use crate::registry::ReferenceData;
+use crate::store::redis::RedisConfig;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+pub const ENV_LISTEN: &str = "NRL_LISTEN";
+pub const ENV_STORE: &str = "NRL_STORE";
+pub const ENV_REGIONS: &str = "NRL_REGIONS";
+pub const ENV_POINTER_TYPES: &str = "NRL_POINTER_TYPES";
+pub const ENV_SHUTDOWN_GRACE: &str = "NRL_SHUTDOWN_GRACE_SECS";
+pub const ENV_REQUEST_TIMEOUT: &str = "NRL_REQUEST_TIMEOUT_MS";
+pub const ENV_STREAMS_PER_CONNECTION: &str = "NRL_MAX_CONCURRENT_STREAMS";
+pub const ENV_LOG_FORMAT: &str = "NRL_LOG_FORMAT";
+pub const ENV_REDIS_TIMEOUT: &str = "NRL_REDIS_TIMEOUT_MS";
+pub const ENV_REDIS_WAIT_REPLICAS: &str = "NRL_REDIS_WAIT_REPLICAS";
+pub const ENV_REDIS_WAIT_TIMEOUT: &str = "NRL_REDIS_WAIT_TIMEOUT_MS";
+pub const ENV_REDIS_STARTUP_WAIT: &str = "NRL_REDIS_STARTUP_WAIT_SECS";
+pub const ENV_ADMIN_LISTEN: &str = "NRL_ADMIN_LISTEN";
+pub const ENV_JWT_HS256_SECRET_FILE: &str = "NRL_JWT_HS256_SECRET_FILE";
+pub const ENV_JWT_PUBLIC_KEY_FILE: &str = "NRL_JWT_PUBLIC_KEY_FILE";
+pub const ENV_JWT_ISSUER: &str = "NRL_JWT_ISSUER";
+pub const ENV_JWT_AUDIENCE: &str = "NRL_JWT_AUDIENCE";
+pub const ENV_TLS_CERT_FILE: &str = "NRL_TLS_CERT_FILE";
+pub const ENV_TLS_KEY_FILE: &str = "NRL_TLS_KEY_FILE";
+pub const ENV_TLS_CLIENT_CA_FILE: &str = "NRL_TLS_CLIENT_CA_FILE";
+pub const ENV_MTLS_CLIENTS_FILE: &str = "NRL_MTLS_CLIENTS_FILE";
+pub const ENV_NODE_REGIONS: &str = "NRL_NODE_REGIONS";
+pub const ENV_FEDERATION: &str = "NRL_FEDERATION";
+pub const ENV_PEER_TOKEN_FILE: &str = "NRL_PEER_TOKEN_FILE";
+pub const ENV_FEED_RETENTION: &str = "NRL_FEED_RETENTION";
+/// Issuer and audience of development tokens (`nrl token`) unless configured otherwise.
+pub const DEFAULT_JWT_ISSUER: &str = "nrl-registry-dev";
+pub const DEFAULT_JWT_AUDIENCE: &str = "nrl-registry";
+
+/// `nrl serve` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on. Loopback by default; anything else needs authentication configured.
+    #[arg(long, env = ENV_LISTEN, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Where pointers are kept: `memory` (default; lost on restart), `redis://host:port/db`,
+    /// `rediss://…` (TLS), or `redis+cluster://host:port,host:port,…` (`rediss+cluster://` for TLS).
+    /// Credentials go in the URL: `redis://user:password@host:port`.
+    #[arg(long, env = ENV_STORE, default_value = "memory")]
+    pub store: String,
+    /// Region directory JSON file replacing the built-in one (42 ICBs and 3 nations).
+    #[arg(long, env = ENV_REGIONS)]
+    pub regions: Option<PathBuf>,
+    /// Pointer-type catalogue JSON file replacing the built-in one.
+    #[arg(long, env = ENV_POINTER_TYPES)]
+    pub pointer_types: Option<PathBuf>,
+    /// Seconds in-flight calls get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+    /// Per-request timeout in milliseconds (DEADLINE_EXCEEDED after it).
+    #[arg(long, env = ENV_REQUEST_TIMEOUT, default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Concurrent calls allowed on one client connection.
+    #[arg(long, env = ENV_STREAMS_PER_CONNECTION, default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+    /// Redis: every store call fails with UNAVAILABLE after this many milliseconds.
+    #[arg(long, env = ENV_REDIS_TIMEOUT, default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
+    /// Redis: acknowledge a write only once this many replicas have it (WAIT). 0 = primary only.
+    #[arg(long, env = ENV_REDIS_WAIT_REPLICAS, default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+    /// Redis: how long WAIT may take before the write is reported UNAVAILABLE.
+    #[arg(long, env = ENV_REDIS_WAIT_TIMEOUT, default_value_t = 500)]
+    pub redis_wait_timeout_ms: u64,
+    /// Redis: how long startup keeps trying to reach Redis before exiting.
+    #[arg(long, env = ENV_REDIS_STARTUP_WAIT, default_value_t = 30)]
+    pub redis_startup_wait_secs: u64,
+    /// Regions this node holds pointers for, comma-separated (e.g. `QWO`): a regional node. Empty:
+    /// every region (a national node). Writes for other regions get FAILED_PRECONDITION naming the
+    /// node that holds them (the region's `record-locator` endpoint in the region directory).
+    #[arg(long, env = ENV_NODE_REGIONS, default_value = "")]
+    pub node_regions: String,
+    /// `off`: answer LocatePatient and FederatedSearch from this node's own pointers (central
+    /// mode). `national`: follow every regional node named by a `record-locator` endpoint in the
+    /// region directory, keep a patient → regions index, and fan FederatedSearch out to them.
+    #[arg(long, env = ENV_FEDERATION, default_value = "off")]
+    pub federation: String,
+    /// Bearer token (a `peer` role) the national node presents to regional nodes' change feeds.
+    #[arg(long, env = ENV_PEER_TOKEN_FILE)]
+    pub peer_token_file: Option<PathBuf>,
+    /// How many changes the change feed keeps for followers (standalone Redis; memory keeps 1,000,000).
+    #[arg(long, env = ENV_FEED_RETENTION, default_value_t = 1_000_000)]
+    pub feed_retention: u64,
+    /// JWT: file holding the HS256 shared secret (at least 32 bytes). For development and tests.
+    #[arg(long, env = ENV_JWT_HS256_SECRET_FILE)]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// JWT: the identity provider's public key (PEM, RSA for RS256 or EC P-256 for ES256).
+    #[arg(long, env = ENV_JWT_PUBLIC_KEY_FILE)]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWT: the required `iss` claim.
+    #[arg(long, env = ENV_JWT_ISSUER, default_value = DEFAULT_JWT_ISSUER)]
+    pub jwt_issuer: String,
+    /// JWT: the required `aud` claim.
+    #[arg(long, env = ENV_JWT_AUDIENCE, default_value = DEFAULT_JWT_AUDIENCE)]
+    pub jwt_audience: String,
+    /// TLS: the server certificate chain (PEM). With --tls-key-file, the server speaks TLS only.
+    #[arg(long, env = ENV_TLS_CERT_FILE)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS: the server private key (PEM).
+    #[arg(long, env = ENV_TLS_KEY_FILE)]
+    pub tls_key_file: Option<PathBuf>,
+    /// mTLS: the CA that signs client certificates (PEM). Needs TLS and --mtls-clients-file.
+    #[arg(long, env = ENV_TLS_CLIENT_CA_FILE)]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// mTLS: which client certificate (by common name) is which caller: see README, Security.
+    #[arg(long, env = ENV_MTLS_CLIENTS_FILE)]
+    pub mtls_clients_file: Option<PathBuf>,
+    /// Admin HTTP listener (/metrics, /live, /ready); empty or `off` for none. It serves no patient
+    /// data, so a non-loopback address needs no authentication.
+    #[arg(long, env = ENV_ADMIN_LISTEN, default_value = crate::admin::DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
+}
+
+/// The storage backend named by `--store`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    Memory,
+    Redis(RedisConfig),
+}
+
+/// How callers authenticate, and the TLS the server speaks.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub authenticator: Authenticator,
+    pub tls: Option<ServerTlsConfig>,
+}
+
+impl AuthConfig {
+    /// No authentication, no TLS: loopback development only.
+    pub fn disabled() -> Self {
+        Self { authenticator: Authenticator::Disabled, tls: None }
+    }
+}
+
+/// The part this node plays in a federation.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct NodeConfig {
+    /// Regions this node holds pointers for; `None`: all of them.
+    pub regions: Option<BTreeSet<RegionCode>>,
+    /// Follow regional nodes and keep the patient → regions index.
+    pub national_index: bool,
+    /// The bearer token presented to regional nodes' feeds.
+    pub peer_token: Option<String>,
+}
+
+/// Validated server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub node: NodeConfig,
+    pub auth: AuthConfig,
+    pub listen: SocketAddr,
+    pub store: StoreConfig,
+    pub reference: ReferenceData,
+    pub shutdown_grace: Duration,
+    pub request_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub admin: AdminConfig,
+}
+
+impl ServerConfig {
+    /// Defaults for tests and embedding: memory store, built-in directories, loopback.
+    pub fn for_tests() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            auth: AuthConfig::disabled(),
+            node: NodeConfig::default(),
+            store: StoreConfig::Memory,
+            reference: ReferenceData::default(),
+            shutdown_grace: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 256,
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+/// Every problem found, one per line, so an operator fixes them all in one go.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigError(pub Vec<String>);
+
+pub fn parse_store(value: &str) -> Result<StoreConfig, String> {
+    match value.trim() {
+        "memory" => Ok(StoreConfig::Memory),
+        other => RedisConfig::parse(other).map(StoreConfig::Redis).map_err(|e| {
+            format!(
+                "{ENV_STORE}={:?}: {e} (expected `memory`, `redis://host:port/db` or `redis+cluster://host:port,…`)",
+                crate::store::redis::redact(other)
+            )
+        }),
+    }
+}
+
+impl TryFrom<ServeArgs> for ServerConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: ServeArgs) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let auth = auth_config(&args).map_err(|e| problems.extend(e)).ok();
+        if let Some(AuthConfig { authenticator: Authenticator::Disabled, .. }) = &auth {
+            if !args.listen.ip().is_loopback() {
+                problems.push(format!(
+                    "{ENV_LISTEN}={}: authentication is off, so the server listens on loopback only. Configure \
+                     {ENV_JWT_PUBLIC_KEY_FILE} (or {ENV_JWT_HS256_SECRET_FILE}) and/or mTLS to listen elsewhere",
+                    args.listen
+                ));
+            }
+        }
+        let mut store = parse_store(&args.store).map_err(|e| problems.push(e)).ok();
+        if let Some(StoreConfig::Redis(redis)) = store.as_mut() {
+            if args.redis_timeout_ms == 0 {
+                problems.push(format!("{ENV_REDIS_TIMEOUT}: must be at least 1"));
+            }
+            redis.timeout = Duration::from_millis(args.redis_timeout_ms);
+            redis.wait_replicas = args.redis_wait_replicas;
+            redis.wait_timeout = Duration::from_millis(args.redis_wait_timeout_ms);
+            redis.startup_wait = Duration::from_secs(args.redis_startup_wait_secs);
+            redis.feed_retention = args.feed_retention.max(1);
+        }
+        let regions = match &args.regions {
+            None => Some(RegionDirectory::default_directory()),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("{ENV_REGIONS}={}: {e}", path.display()))
+                .and_then(|json| {
+                    RegionDirectory::from_json(&json).map_err(|e| format!("{ENV_REGIONS}={}: {e}", path.display()))
+                })
+                .map_err(|e| problems.push(e))
+                .ok(),
+        };
+        let pointer_types = match &args.pointer_types {
+            None => Some(PointerTypeCatalogue::default_catalogue()),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("{ENV_POINTER_TYPES}={}: {e}", path.display()))
+                .and_then(|json| {
+                    PointerTypeCatalogue::from_json(&json)
+                        .map_err(|e| format!("{ENV_POINTER_TYPES}={}: {e}", path.display()))
+                })
+                .map_err(|e| problems.push(e))
+                .ok(),
+        };
+        if args.request_timeout_ms == 0 {
+            problems.push(format!("{ENV_REQUEST_TIMEOUT}: must be at least 1"));
+        }
+        if args.max_concurrent_streams == 0 {
+            problems.push(format!("{ENV_STREAMS_PER_CONNECTION}: must be at least 1"));
+        }
+        let admin_listen = AdminConfig::parse_listen(&args.admin_listen)
+            .map_err(|e| format!("{ENV_ADMIN_LISTEN}={:?}: {e}", args.admin_listen))
+            .and_then(|admin| match admin {
+                Some(admin) if admin == args.listen && admin.port() != 0 => {
+                    Err(format!("{ENV_ADMIN_LISTEN}={admin}: the same address as {ENV_LISTEN}"))
+                }
+                admin => Ok(admin),
+            })
+            .map_err(|e| problems.push(e))
+            .unwrap_or_default();
+        let node =
+            regions.as_ref().and_then(|directory| node_config(&args, directory).map_err(|e| problems.extend(e)).ok());
+        match (store, regions, pointer_types, auth, node) {
+            (Some(store), Some(regions), Some(pointer_types), Some(auth), Some(node)) if problems.is_empty() => {
+                Ok(Self {
+                    listen: args.listen,
+                    auth,
+                    node,
+                    store,
+                    reference: ReferenceData { regions, pointer_types },
+                    shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+                    request_timeout: Duration::from_millis(args.request_timeout_ms),
+                    max_concurrent_streams: args.max_concurrent_streams,
+                    admin: AdminConfig { listen: admin_listen, ..AdminConfig::default() },
+                })
+            }
+            _ => Err(ConfigError(problems)),
+        }
+    }
+}
+
+/// The node's part in a federation, from the flags.
+fn node_config(args: &ServeArgs, directory: &RegionDirectory) -> Result<NodeConfig, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut regions = BTreeSet::new();
+    for code in args.node_regions.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        match directory.parse_code(code) {
+            Ok(region) => {
+                regions.insert(region);
+            }
+            Err(e) => problems.push(format!("{ENV_NODE_REGIONS}: {code:?} {e}")),
+        }
+    }
+    let national_index = match args.federation.trim() {
+        "off" | "" => false,
+        "national" => true,
+        other => {
+            problems.push(format!("{ENV_FEDERATION}={other:?}: expected `off` or `national`"));
+            false
+        }
+    };
+    if national_index && !regions.is_empty() {
+        problems.push(format!("{ENV_FEDERATION}=national is for the national node: leave {ENV_NODE_REGIONS} empty"));
+    }
+    let peer_token = match &args.peer_token_file {
+        Some(path) => read(path, ENV_PEER_TOKEN_FILE)
+            .map(|t| String::from_utf8_lossy(&t).trim().to_string())
+            .map_err(|e| problems.push(e))
+            .ok(),
+        None => None,
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(NodeConfig { regions: (!regions.is_empty()).then_some(regions), national_index, peer_token })
+}
+
+fn read(path: &Path, env: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{env}={}: {e}", path.display()))
+}
+
+/// Authentication from the flags: JWT keys, TLS, mTLS clients. Every problem is reported.
+fn auth_config(args: &ServeArgs) -> Result<AuthConfig, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut keys = Vec::new();
+    if let Some(path) = &args.jwt_hs256_secret_file {
+        match read(path, ENV_JWT_HS256_SECRET_FILE) {
+            Ok(secret) => keys.push(VerifyingKey::Hs256Secret(secret.trim_ascii().to_vec())),
+            Err(e) => problems.push(e),
+        }
+    }
+    if let Some(path) = &args.jwt_public_key_file {
+        match read(path, ENV_JWT_PUBLIC_KEY_FILE) {
+            Ok(pem) => keys.push(VerifyingKey::PublicPem(pem)),
+            Err(e) => problems.push(e),
+        }
+    }
+    let jwt = if keys.is_empty() {
+        None
+    } else {
+        JwtVerifier::new(keys, &args.jwt_issuer, &args.jwt_audience)
+            .map(Arc::new)
+            .map_err(|e| problems.push(format!("JWT: {e}")))
+            .ok()
+    };
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => match (read(cert, ENV_TLS_CERT_FILE), read(key, ENV_TLS_KEY_FILE)) {
+            (Ok(cert), Ok(key)) => Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key))),
+            (cert, key) => {
+                problems.extend(cert.err().into_iter().chain(key.err()));
+                None
+            }
+        },
+        (None, None) => None,
+        _ => {
+            problems.push(format!("{ENV_TLS_CERT_FILE} and {ENV_TLS_KEY_FILE} go together"));
+            None
+        }
+    };
+    let (tls, mtls) = match (&args.tls_client_ca_file, &args.mtls_clients_file) {
+        (None, None) => (tls, None),
+        (Some(ca), Some(clients)) => {
+            let ca = read(ca, ENV_TLS_CLIENT_CA_FILE).map_err(|e| problems.push(e)).ok();
+            let clients = read(clients, ENV_MTLS_CLIENTS_FILE)
+                .and_then(|json| {
+                    ClientDirectory::from_json(&String::from_utf8_lossy(&json))
+                        .map_err(|e| format!("{ENV_MTLS_CLIENTS_FILE}: {e}"))
+                })
+                .map_err(|e| problems.push(e))
+                .ok();
+            match (tls, ca) {
+                (Some(tls), Some(ca)) => (
+                    // Client certificates are optional when bearer tokens are also accepted.
+                    Some(tls.client_ca_root(Certificate::from_pem(ca)).client_auth_optional(jwt.is_some())),
+                    clients.map(Arc::new),
+                ),
+                (None, _) => {
+                    problems.push(format!("{ENV_TLS_CLIENT_CA_FILE} needs {ENV_TLS_CERT_FILE} and {ENV_TLS_KEY_FILE}"));
+                    (None, None)
+                }
+                (tls, None) => (tls, None),
+            }
+        }
+        _ => {
+            problems.push(format!("{ENV_TLS_CLIENT_CA_FILE} and {ENV_MTLS_CLIENTS_FILE} go together"));
+            (tls, None)
+        }
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let authenticator =
+        if jwt.is_none() && mtls.is_none() { Authenticator::Disabled } else { Authenticator::Enabled { jwt, mtls } };
+    Ok(AuthConfig { authenticator, tls })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServerConfig, ConfigError> {
+        let wrapper = Wrapper::try_parse_from(std::iter::once("nrl").chain(args.iter().copied()))
+            .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        ServerConfig::try_from(wrapper.serve)
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_memory() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert!(config.listen.ip().is_loopback());
+        assert_eq!(config.store, StoreConfig::Memory);
+        assert_eq!(config.reference.regions.len(), 45);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = parse(&[
+            "--listen",
+            "0.0.0.0:50051",
+            "--store",
+            "cassandra://x",
+            "--regions",
+            "/nonexistent/regions.json",
+            "--request-timeout-ms",
+            "0",
+        ])
+        .expect_err("invalid");
+        assert_eq!(err.0.len(), 4, "{err}");
+
+        assert!(err.to_string().contains(ENV_JWT_PUBLIC_KEY_FILE), "{err}");
+    }
+
+    #[test]
+    fn redis_urls_select_the_redis_store_and_never_echo_passwords() {
+        let config =
+            parse(&["--store", "redis+cluster://h1:7000,h2:7001", "--redis-wait-replicas", "1"]).expect("valid");
+        match config.store {
+            StoreConfig::Redis(redis) => {
+                assert!(redis.cluster);
+                assert_eq!(redis.wait_replicas, 1);
+                assert_eq!(redis.timeout, Duration::from_millis(1000), "default timeout is at most 1 s");
+            }
+            other => panic!("expected redis, got {other:?}"),
+        }
+        let err = parse(&["--store", "mongodb://:hunter2@h:1"]).expect_err("unknown scheme");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn admin_listener_is_on_loopback_by_default_and_can_be_turned_off() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.admin.listen, Some(SocketAddr::from(([127, 0, 0, 1], 9090))));
+        for off in ["", "off"] {
+            assert_eq!(parse(&["--admin-listen", off]).expect("valid").admin.listen, None, "{off:?}");
+        }
+        assert!(parse(&["--admin-listen", "0.0.0.0:9090"]).is_ok(), "no patient data: no authentication needed");
+        let err = parse(&["--admin-listen", "nine"]).expect_err("not an address");
+        assert!(err.to_string().contains(ENV_ADMIN_LISTEN), "{err}");
+        let err = parse(&["--admin-listen", "127.0.0.1:50051"]).expect_err("clashes with the gRPC port");
+        assert!(err.to_string().contains(ENV_LISTEN), "{err}");
+    }
+
+    #[test]
+    fn remote_listen_needs_authentication() {
+        let dir = std::env::temp_dir().join(format!("nrl-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef").expect("write secret");
+        let secret = secret.to_string_lossy().to_string();
+        let config = parse(&["--listen", "0.0.0.0:50051", "--jwt-hs256-secret-file", &secret]).expect("valid");
+        assert!(matches!(config.auth.authenticator, Authenticator::Enabled { jwt: Some(_), mtls: None }));
+        std::fs::write(dir.join("short"), "short").expect("write");
+        let short = dir.join("short").to_string_lossy().to_string();
+        let err = parse(&["--jwt-hs256-secret-file", &short]).expect_err("short secret");
+        assert!(err.to_string().contains("32 bytes"), "{err}");
+        let err = parse(&["--tls-client-ca-file", &secret]).expect_err("CA without clients file");
+        assert!(err.to_string().contains(ENV_MTLS_CLIENTS_FILE), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

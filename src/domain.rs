@@ -1,0 +1,25 @@
+//! The registry's vocabulary and rules: NHS numbers, ODS codes, regions, pointer types, pointers,
+//! queries. Pure: no I/O, no protobuf, no storage. Values can only be built valid.
+
+pub mod limits;
+pub mod locate;
+mod nhs_number;
+mod ods_code;
+mod pointer;
+mod pointer_id;
+mod pointer_type;
+pub mod query;
+mod region;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+
+pub use nhs_number::{NhsNumber, NhsNumberError, TEST_RANGE};
+pub use ods_code::{OdsCode, OdsCodeError};
+pub use pointer::{
+    Content, ContentFormat, ContentType, ContentUrl, Pointer, PointerDraft, PointerStatus, ProducerReference,
+    RetrievalMechanism, Stability,
+};
+pub use pointer_id::{PointerId, PointerIdCodec};
+pub use pointer_type::{CatalogueError, Coding, PointerType, PointerTypeCatalogue, PointerTypeError};
+pub use region::{DirectoryError, Endpoint, Region, RegionCode, RegionDirectory, RegionError, RegionKind};

@@ -1,0 +1,215 @@
+//! The pointer itself: what a producer registers and what the registry adds to it.
+
+use super::limits::{MAX_PRODUCER_REFERENCE_LEN, MAX_URL_LEN};
+use super::{Coding, NhsNumber, OdsCode, PointerId, PointerType, RegionCode};
+use chrono::{DateTime, Utc};
+
+/// A producer's own identifier for a pointer: 1 to 128 of `[A-Za-z0-9._:-]`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ProducerReference(String);
+
+impl ProducerReference {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        if input.len() > MAX_PRODUCER_REFERENCE_LEN {
+            return Err(format!("must be at most {MAX_PRODUCER_REFERENCE_LEN} characters"));
+        }
+        if input.is_empty()
+            || !input.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        {
+            return Err("must be letters, digits or . _ : -".into());
+        }
+        Ok(Self(input.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Declares a closed vocabulary: each variant with its wire spelling, a parser and a lister.
+macro_rules! vocabulary {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn parse(input: &str) -> Result<Self, String> {
+                match input.trim() {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!("must be one of: {}", [$($text),+].join(", "))),
+                }
+            }
+        }
+    };
+}
+
+vocabulary!(
+    /// MIME type of a rendition.
+    ContentType {
+        Pdf => "application/pdf",
+        Html => "text/html",
+        Json => "application/json",
+        FhirJson => "application/fhir+json",
+    }
+);
+
+vocabulary!(
+    /// NRL content format.
+    ContentFormat {
+        Unstructured => "urn:nhs-ic:unstructured",
+        Structured => "urn:nhs-ic:structured",
+        RecordContact => "urn:nhs-ic:record-contact",
+    }
+);
+
+vocabulary!(
+    RetrievalMechanism {
+        Ssp => "SSP",
+        Direct => "Direct",
+        Ldr => "LDR",
+        InContext => "InContext",
+    }
+);
+
+vocabulary!(
+    Stability {
+        Static => "static",
+        Dynamic => "dynamic",
+    }
+);
+
+/// A content url: absolute `https://` or `ssp://` with a host, at most [`MAX_URL_LEN`] characters.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ContentUrl(String);
+
+impl ContentUrl {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        if input.is_empty() {
+            return Err("is required".into());
+        }
+        if input.len() > MAX_URL_LEN {
+            return Err(format!("must be at most {MAX_URL_LEN} characters"));
+        }
+        let url = url::Url::parse(input).map_err(|e| format!("is not a valid url ({e})"))?;
+        if !matches!(url.scheme(), "https" | "ssp") {
+            return Err("must use https:// or ssp://".into());
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("must name a host".into());
+        }
+        // Keep what the producer sent (normalisation could change a signed or opaque url).
+        Ok(Self(input.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Content {
+    pub url: ContentUrl,
+    pub content_type: ContentType,
+    pub format: ContentFormat,
+    pub retrieval_mechanism: RetrievalMechanism,
+    pub stability: Stability,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum PointerStatus {
+    Current,
+    Superseded,
+}
+
+/// Everything the producer supplies. Two creates with the same producer_reference are the same
+/// registration exactly when their drafts are equal.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PointerDraft {
+    pub nhs_number: NhsNumber,
+    pub region: RegionCode,
+    pub custodian: OdsCode,
+    pub author: Option<OdsCode>,
+    pub pointer_type: PointerType,
+    pub content: Vec<Content>,
+    pub practice_setting: Option<Coding>,
+    pub document_date: Option<DateTime<Utc>>,
+    pub producer_reference: Option<ProducerReference>,
+}
+
+/// A registered pointer.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Pointer {
+    pub id: PointerId,
+    pub draft: PointerDraft,
+    pub status: PointerStatus,
+    pub supersedes: Vec<PointerId>,
+    pub superseded_by: Option<PointerId>,
+    /// 1 on creation, +1 on every change.
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Pointer {
+    pub fn is_current(&self) -> bool {
+        self.status == PointerStatus::Current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_urls_must_be_https_or_ssp_with_a_host() {
+        for ok in [
+            "https://example.nhs.uk/records/1",
+            "ssp://spine.example/records?id=1",
+            "https://qwo.example:8443/fhir/DocumentReference/abc",
+        ] {
+            assert!(ContentUrl::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "http://example.nhs.uk/x",
+            "ftp://example.nhs.uk/x",
+            "https://",
+            "example.nhs.uk/x",
+            "javascript:alert(1)",
+            "file:///etc/passwd",
+        ] {
+            assert!(ContentUrl::parse(bad).is_err(), "{bad}");
+        }
+        let long = format!("https://example.nhs.uk/{}", "a".repeat(MAX_URL_LEN));
+        assert!(ContentUrl::parse(&long).is_err());
+    }
+
+    #[test]
+    fn vocabularies_accept_only_their_words() {
+        assert_eq!(ContentType::parse("application/pdf"), Ok(ContentType::Pdf));
+        assert_eq!(ContentType::parse("application/fhir+json"), Ok(ContentType::FhirJson));
+        assert!(ContentType::parse("image/png").is_err());
+        assert_eq!(ContentFormat::parse("urn:nhs-ic:record-contact"), Ok(ContentFormat::RecordContact));
+        assert!(ContentFormat::parse("urn:nhs-ic:other").is_err());
+        for ty in ContentType::ALL {
+            assert_eq!(ContentType::parse(ty.as_str()), Ok(*ty));
+        }
+    }
+
+    #[test]
+    fn producer_references_are_bounded_and_plain() {
+        assert!(ProducerReference::parse("DOC-2024.001:a_b").is_ok());
+        assert!(ProducerReference::parse("").is_err());
+        assert!(ProducerReference::parse("has space").is_err());
+        assert!(ProducerReference::parse("naïve").is_err());
+        assert!(ProducerReference::parse(&"x".repeat(MAX_PRODUCER_REFERENCE_LEN)).is_ok());
+        assert!(ProducerReference::parse(&"x".repeat(MAX_PRODUCER_REFERENCE_LEN + 1)).is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! The one error type the registry's operations return. `api::status` maps it to gRPC statuses in
+//! a single exhaustive match, so a new variant forces a decision about its status code.
+
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// A field of the request is malformed; `field` is its path, e.g. `pointer.content[0].url`.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A version check failed: the caller's view is stale.
+    #[error("{0}")]
+    Aborted(String),
+    /// The request is well-formed but the stored state does not allow it.
+    #[error("{field}: {reason}")]
+    FailedPrecondition { field: String, reason: String },
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RegistryError {
+    pub fn invalid(field: impl Into<String>, reason: impl ToString) -> Self {
+        Self::InvalidArgument { field: field.into(), reason: reason.to_string() }
+    }
+
+    pub fn precondition(field: impl Into<String>, reason: impl ToString) -> Self {
+        Self::FailedPrecondition { field: field.into(), reason: reason.to_string() }
+    }
+
+    /// The gRPC code name of this error, for audit records and batch outcomes.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::AlreadyExists(_) => "ALREADY_EXISTS",
+            Self::Aborted(_) => "ABORTED",
+            Self::FailedPrecondition { .. } => "FAILED_PRECONDITION",
+            Self::PermissionDenied(_) => "PERMISSION_DENIED",
+            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The field the error is about, where there is one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::InvalidArgument { field, .. } | Self::FailedPrecondition { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            // Callers that can retry a failed condition handle it before it gets here.
+            StoreError::ConditionFailed => {
+                Self::Aborted("the pointer changed concurrently; read it again and retry".into())
+            }
+            StoreError::Unavailable(reason) => Self::Unavailable(reason),
+            StoreError::Corrupt(reason) => Self::Internal(reason),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `nrl.v1.ChangeFeed/WatchPointers`: the node's changes, oldest first, then live.
+
+use crate::api::conversions as conv;
+use crate::auth::{caller_of, policy, Role};
+use crate::error::RegistryError;
+use crate::proto::nrl::v1 as pb;
+use crate::proto::nrl::v1::change_feed_server::ChangeFeed as ChangeFeedApi;
+use crate::registry::ReferenceData;
+use crate::store::federation::{Change, ChangeFeed, ChangeKind, FeedError};
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// How often an idle stream looks for new changes.
+const POLL: Duration = Duration::from_millis(100);
+const BATCH: usize = 500;
+
+pub struct ChangeFeedService {
+    feed: Arc<dyn ChangeFeed>,
+    reference: Arc<ReferenceData>,
+}
+
+impl ChangeFeedService {
+    pub fn new(feed: Arc<dyn ChangeFeed>, reference: Arc<ReferenceData>) -> Self {
+        Self { feed, reference }
+    }
+}
+
+fn status(error: FeedError) -> Status {
+    match error {
+        FeedError::OutOfRange(cursor) => Status::out_of_range(format!(
+            "after: cursor {cursor} is older than the retained change history; resynchronise and follow from the oldest"
+        )),
+        FeedError::Unsupported(why) => Status::failed_precondition(why),
+        FeedError::Store(e) => RegistryError::from(e).into(),
+    }
+}
+
+fn kind(kind: ChangeKind) -> pb::ChangeKind {
+    match kind {
+        ChangeKind::Created => pb::ChangeKind::Created,
+        ChangeKind::Updated => pb::ChangeKind::Updated,
+        ChangeKind::Superseded => pb::ChangeKind::Superseded,
+        ChangeKind::Deleted => pb::ChangeKind::Deleted,
+    }
+}
+
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::PointerChange, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ChangeFeedApi for ChangeFeedService {
+    type WatchPointersStream = ChangeStream;
+
+    async fn watch_pointers(
+        &self,
+        request: Request<pb::WatchPointersRequest>,
+    ) -> Result<Response<Self::WatchPointersStream>, Status> {
+        let caller = caller_of(&request)?;
+        policy::require(&caller, &[Role::Peer], "following the change feed")?;
+        let req = request.into_inner();
+        let mut after = match req.after.as_str() {
+            "" => None,
+            cursor if self.feed.valid_feed_cursor(cursor) => Some(cursor.to_string()),
+            _ => return Err(RegistryError::invalid("after", "is not a cursor from this feed").into()),
+        };
+        let regions: BTreeSet<_> = req
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                self.reference.regions.parse_code(r).map_err(|e| RegistryError::invalid(format!("regions[{i}]"), e))
+            })
+            .collect::<Result<_, _>>()?;
+        let types: BTreeSet<String> = req
+            .types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                self.reference
+                    .pointer_types
+                    .pointer_type(t)
+                    .map(|t| t.coding.code.clone())
+                    .map_err(|e| RegistryError::invalid(format!("types[{i}]"), e))
+            })
+            .collect::<Result<_, _>>()?;
+        let wanted = move |change: &Change| {
+            (regions.is_empty() || regions.contains(&change.pointer.draft.region))
+                && (types.is_empty() || types.contains(&change.pointer.draft.pointer_type.coding.code))
+        };
+        // The first read happens before the stream starts, so a stale cursor is a status.
+        let first = self.feed.changes_after(after.clone(), BATCH).await.map_err(status)?;
+        let feed = self.feed.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel(BATCH);
+        tokio::spawn(async move {
+            let mut batch = first;
+            loop {
+                let idle = batch.is_empty();
+                for change in batch {
+                    after = change.cursor.clone().or(after);
+                    if !wanted(&change) {
+                        continue;
+                    }
+                    let message = pb::PointerChange {
+                        cursor: change.cursor.clone().unwrap_or_default(),
+                        kind: kind(change.kind) as i32,
+                        pointer: Some((&change.pointer).into()),
+                    };
+                    if sender.send(Ok(message)).await.is_err() {
+                        return; // The follower went away.
+                    }
+                }
+                if idle {
+                    if sender.is_closed() {
+                        return; // The follower went away while the feed was quiet.
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+                batch = match feed.changes_after(after.clone(), BATCH).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        let _ = sender.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+}
+
+/// For callers that only have the proto form (the national follower).
+pub fn index_update(
+    change: &pb::PointerChange,
+    reference: &ReferenceData,
+) -> Option<crate::store::federation::IndexUpdate> {
+    use crate::store::federation::{IndexEntry, IndexUpdate};
+    let p = change.pointer.as_ref()?;
+    let nhs_number = conv::nhs_number(&p.nhs_number, "pointer.nhs_number").ok()?;
+    let id = conv::pointer_id(&p.id, "pointer.id").ok()?;
+    let deleted = change.kind == pb::ChangeKind::Deleted as i32;
+    let current = p.status == pb::PointerStatus::Current as i32 && !deleted;
+    let entry = if current {
+        let region = reference.regions.parse_code(&p.region).ok()?;
+        let code = p.r#type.as_ref()?.code.clone();
+        let pointer_type = match reference.pointer_types.pointer_type(&code) {
+            Ok(t) => t.coding.clone(),
+            Err(_) => crate::domain::Coding { display: code.clone(), code },
+        };
+        let updated_at = conv::timestamp(p.updated_at.as_ref()?, "pointer.updated_at").ok()?;
+        Some(IndexEntry { id, region, pointer_type, updated_at })
+    } else {
+        None
+    };
+    Some(IndexUpdate { nhs_number, id, current: entry })
+}

@@ -1,0 +1,59 @@
+//! `nrl`: parse the command line, set up logging, run the chosen subcommand. Everything testable
+//! lives in the library.
+
+use clap::Parser;
+use nrl_registry::cli::{Cli, Command, LogFormat};
+use nrl_registry::config::ServerConfig;
+use nrl_registry::{server, telemetry};
+use std::process::ExitCode;
+
+/// BSD sysexits EX_USAGE: the configuration or command line is wrong.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("nrl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            telemetry::init(cli.log_format == LogFormat::Json);
+            let config = match ServerConfig::try_from(args) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("nrl serve: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            runtime.block_on(serve(config))
+        }
+        Command::Client(command) => runtime.block_on(nrl_registry::cli::client::run(command)),
+    }
+}
+
+async fn serve(config: ServerConfig) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("nrl serve: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    match server::run(config, listener, server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Prometheus metrics: every series the service exports, under one [`Metrics`] per server.
+//!
+//! Each server owns its registry (`prometheus-client`, no global recorder), so two servers in one
+//! process, as in the tests, never mix their counts. Every label is bounded by construction: a
+//! gRPC method is one the server serves (anything else is `other`), a code is one of the 17 gRPC
+//! codes, a store operation and outcome come from fixed lists. Nothing from a request reaches a
+//! label, so neither can an NHS number.
+//!
+//! - [`rpc`]: the tower layer that counts and times every call.
+//! - [`store`]: [`store::MeteredStore`], a `PointerStore` decorator that times every store call.
+
+pub mod rpc;
+pub mod store;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use prost::Message;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Code;
+
+/// `Content-Type` of [`Metrics::render`]'s output.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The method label of a request for a path the server does not serve.
+pub const OTHER_METHOD: &str = "other";
+
+/// gRPC call latency buckets (seconds): the target is p99 ≤ 5 ms, the ceiling the request timeout.
+const RPC_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Store call latency buckets (seconds): a Redis round trip is ~0.1-1 ms; the timeout is 1 s.
+const STORE_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    grpc_method: Arc<str>,
+    grpc_code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    grpc_method: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreCallLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    revision: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The metrics of one server, and the registry that renders them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    methods: Arc<ServedMethods>,
+    rpc_requests: Family<RpcLabels, Counter>,
+    rpc_duration: HistogramFamily<MethodLabels>,
+    rpc_in_flight: Family<MethodLabels, Gauge>,
+    store_calls: Family<StoreCallLabels, Counter>,
+    store_duration: HistogramFamily<OperationLabels>,
+    store_up: Gauge,
+}
+
+impl Metrics {
+    /// Registers every series. `backend` names the store ("memory", "redis", "redis-cluster").
+    pub fn new(backend: &'static str) -> Self {
+        let mut registry = Registry::default();
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        registry.register("nrl_grpc_requests", "gRPC calls finished, by method and status code", rpc_requests.clone());
+        let rpc_duration: HistogramFamily<MethodLabels> =
+            Family::new_with_constructor(|| Histogram::new(RPC_BUCKETS.iter().copied()));
+        registry.register_with_unit(
+            "nrl_grpc_request_duration",
+            "gRPC call latency, from the request headers to the last byte of the response",
+            Unit::Seconds,
+            rpc_duration.clone(),
+        );
+        let rpc_in_flight = Family::<MethodLabels, Gauge>::default();
+        registry.register(
+            "nrl_grpc_requests_in_flight",
+            "gRPC calls started and not yet finished (open Health/Watch streams count)",
+            rpc_in_flight.clone(),
+        );
+        let store_calls = Family::<StoreCallLabels, Counter>::default();
+        registry.register(
+            "nrl_store_operations",
+            "Store operations by outcome: ok, condition_failed (a lost race, retried or ABORTED), unavailable, corrupt",
+            store_calls.clone(),
+        );
+        let store_duration: HistogramFamily<OperationLabels> =
+            Family::new_with_constructor(|| Histogram::new(STORE_BUCKETS.iter().copied()));
+        registry.register_with_unit(
+            "nrl_store_operation_duration",
+            "Store call latency, including Redis round trips",
+            Unit::Seconds,
+            store_duration.clone(),
+        );
+        let store_up_family = Family::<BackendLabels, Gauge>::default();
+        let store_up = store_up_family.get_or_create_owned(&BackendLabels { backend });
+        registry.register(
+            "nrl_store_up",
+            "1 while the store answers the health ping (every second), else 0: the Redis connection state",
+            store_up_family,
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                revision: option_env!("NRL_BUILD_REVISION").unwrap_or("unknown"),
+            })
+            .set(1);
+        registry.register("nrl_build_info", "Always 1; the labels say which build is running", build);
+        Self {
+            registry,
+            methods: Arc::new(ServedMethods::from_descriptors()),
+            rpc_requests,
+            rpc_duration,
+            rpc_in_flight,
+            store_calls,
+            store_duration,
+            store_up,
+        }
+    }
+
+    /// The OpenMetrics text exposition of every series.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
+    /// The gRPC methods the server serves, which bound every method label.
+    pub fn methods(&self) -> &Arc<ServedMethods> {
+        &self.methods
+    }
+
+    /// True while the last store health ping succeeded.
+    pub fn store_up(&self) -> bool {
+        self.store_up.get() == 1
+    }
+
+    fn rpc_started(&self, method: &Arc<str>) {
+        self.rpc_in_flight.get_or_create(&MethodLabels { grpc_method: method.clone() }).inc();
+    }
+
+    fn rpc_finished(&self, method: &Arc<str>, code: Code, elapsed: Duration) {
+        let labels = MethodLabels { grpc_method: method.clone() };
+        self.rpc_in_flight.get_or_create(&labels).dec();
+        self.rpc_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        self.rpc_requests
+            .get_or_create(&RpcLabels { grpc_method: labels.grpc_method, grpc_code: code_name(code) })
+            .inc();
+    }
+
+    fn store_call(&self, operation: &'static str, outcomes: &[&'static str], elapsed: Duration) {
+        self.store_duration.get_or_create(&OperationLabels { operation }).observe(elapsed.as_secs_f64());
+        for &outcome in outcomes {
+            self.store_calls.get_or_create(&StoreCallLabels { operation, outcome }).inc();
+        }
+    }
+
+    fn set_store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+    }
+}
+
+/// Every `/package.Service/Method` path the server answers: the registry's own descriptor set,
+/// grpc.health.v1 and both reflection versions. New RPCs in `proto/` are picked up by themselves.
+#[derive(Debug)]
+pub struct ServedMethods {
+    paths: HashSet<Arc<str>>,
+    other: Arc<str>,
+}
+
+impl ServedMethods {
+    pub fn from_descriptors() -> Self {
+        Self { paths: served_paths(), other: Arc::from(OTHER_METHOD) }
+    }
+
+    /// The label for a request path: the path itself when the server serves it, else
+    /// [`OTHER_METHOD`], so a client cannot mint label values (or log lines) with its paths.
+    pub fn label(&self, path: &str) -> Arc<str> {
+        self.paths.get(path).cloned().unwrap_or_else(|| self.other.clone())
+    }
+}
+
+fn served_paths() -> HashSet<Arc<str>> {
+    let sets = [
+        crate::proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut methods = HashSet::new();
+    for bytes in sets {
+        // These are compiled into the binary; one that does not decode only costs its labels.
+        let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else { continue };
+        for file in &set.file {
+            for service in &file.service {
+                let qualified = match file.package() {
+                    "" => service.name().to_string(),
+                    package => format!("{package}.{}", service.name()),
+                };
+                for method in &service.method {
+                    methods.insert(Arc::from(format!("/{qualified}/{}", method.name())));
+                }
+            }
+        }
+    }
+    methods
+}
+
+/// The canonical name of a gRPC status code, as in the gRPC spec (`INVALID_ARGUMENT`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests;

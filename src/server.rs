@@ -1,0 +1,274 @@
+//! Assembles and runs the gRPC server: the registry services, grpc.health.v1, reflection, limits,
+//! and graceful shutdown.
+
+use crate::admin::AdminServer;
+use crate::api::{AuditLogService, PatientAdminService, PointerRegistryService, RecordLocatorService};
+use crate::audit::AuditStore;
+use crate::auth;
+use crate::clock::SystemClock;
+use crate::config::{ServerConfig, StoreConfig};
+use crate::domain::limits::MAX_MESSAGE_BYTES;
+use crate::domain::PointerTypeCatalogue;
+use crate::federation::feed_service::ChangeFeedService;
+use crate::federation::follower;
+use crate::federation::peers::Peers;
+use crate::federation::search::FederatedLocatorService;
+use crate::proto::nrl::v1::audit_log_server::AuditLogServer;
+use crate::proto::nrl::v1::change_feed_server::ChangeFeedServer;
+use crate::proto::nrl::v1::federated_locator_server::FederatedLocatorServer;
+use crate::proto::nrl::v1::patient_admin_server::PatientAdminServer;
+use crate::proto::nrl::v1::pointer_registry_server::PointerRegistryServer;
+use crate::proto::nrl::v1::record_locator_server::RecordLocatorServer;
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::registry::Registry;
+use crate::store::federation::{ChangeFeed, RegionIndex};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::PointerStore;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+/// Service names reported by grpc.health.v1 besides the overall "" entry.
+pub const SERVICE_NAMES: [&str; 6] = [
+    "nrl.v1.PointerRegistry",
+    "nrl.v1.RecordLocator",
+    "nrl.v1.PatientAdmin",
+    "nrl.v1.AuditLog",
+    "nrl.v1.ChangeFeed",
+    "nrl.v1.FederatedLocator",
+];
+
+/// How often the health service re-checks the store.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the store: {0}")]
+    Store(String),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection descriptor: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot listen on the admin address: {0}")]
+    Admin(std::io::Error),
+}
+
+/// One backend seen as both stores it implements.
+pub struct Stores {
+    pub pointers: Arc<dyn PointerStore>,
+    pub audit: Arc<dyn AuditStore>,
+    pub feed: Arc<dyn ChangeFeed>,
+    pub index: Arc<dyn RegionIndex>,
+}
+
+fn both<S: PointerStore + AuditStore + ChangeFeed + RegionIndex>(store: S) -> Stores {
+    let store = Arc::new(store);
+    Stores { pointers: store.clone(), audit: store.clone(), feed: store.clone(), index: store }
+}
+
+pub async fn open_store(config: &StoreConfig, catalogue: &PointerTypeCatalogue) -> Result<Stores, ServeError> {
+    match config {
+        StoreConfig::Memory => Ok(both(MemoryStore::new())),
+        StoreConfig::Redis(redis) => {
+            let store = RedisStore::connect(redis, Arc::new(catalogue.clone()))
+                .await
+                .map_err(|e| ServeError::Store(e.to_string()))?;
+            Ok(both(store))
+        }
+    }
+}
+
+async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains: health turns NOT_SERVING, no new
+/// connections are taken, and in-flight calls get `config.shutdown_grace` to finish.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let admin = AdminServer::start(&config.admin, &config.store).await.map_err(ServeError::Admin)?;
+    let stores = open_store(&config.store, &config.reference.pointer_types).await?;
+    let store = admin.meter(stores.pointers);
+    let backend = store.backend();
+    let reference = Arc::new(config.reference.clone());
+    let mut registry =
+        Registry::new(store.clone(), admin.meter_audit(stores.audit), reference.clone(), Arc::new(SystemClock))
+            .with_regions(config.node.regions.clone());
+    if config.node.national_index {
+        // The national node in federated mode holds no pointers itself: writes go to the regions.
+        registry = registry.with_index(stores.index.clone()).with_regions(Some(Default::default()));
+    }
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(watch_store_health(store, reporter.clone()));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    // Every service with patient data sits behind authentication; health and reflection do not
+    // (probes and tooling need them, and they reveal nothing about patients).
+    let authenticate = auth::interceptor(config.auth.authenticator.clone());
+    let registry_service = InterceptedService::new(
+        PointerRegistryServer::new(PointerRegistryService::new(registry.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        authenticate.clone(),
+    );
+    let locator_service = InterceptedService::new(
+        RecordLocatorServer::new(RecordLocatorService::new(registry.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        authenticate.clone(),
+    );
+    let admin_service = InterceptedService::new(
+        PatientAdminServer::new(PatientAdminService::new(registry.clone())),
+        authenticate.clone(),
+    );
+    let audit_service =
+        InterceptedService::new(AuditLogServer::new(AuditLogService::new(registry.clone())), authenticate.clone());
+    let feed_service = InterceptedService::new(
+        ChangeFeedServer::new(ChangeFeedService::new(stores.feed.clone(), reference.clone())),
+        authenticate.clone(),
+    );
+    // A national node in federated mode fans out to, and follows, the regional nodes named in the
+    // region directory; any other node answers federated searches from its own store.
+    let peers = Arc::new(if config.node.national_index {
+        Peers::from_directory(&config.reference.regions, None)
+    } else {
+        Peers::none()
+    });
+    let followers = if config.node.national_index {
+        tracing::info!(regional_nodes = peers.regions().count(), "national node: following regional change feeds");
+        follower::spawn(peers.clone(), stores.index.clone(), reference.clone(), config.node.peer_token.clone())
+    } else {
+        Vec::new()
+    };
+    let federated_service = InterceptedService::new(
+        FederatedLocatorServer::new(FederatedLocatorService::new(registry, peers)),
+        authenticate,
+    );
+
+    let local = listener.local_addr().ok();
+    tracing::info!(listen = ?local, store = backend, "nrl-registry serving");
+
+    // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small responses.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut builder = Server::builder();
+    if let Some(tls) = config.auth.tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    let serve = builder
+        .layer(admin.rpc_layer(config.request_timeout))
+        .timeout(config.request_timeout)
+        .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(registry_service)
+        .add_service(locator_service)
+        .add_service(admin_service)
+        .add_service(audit_service)
+        .add_service(feed_service)
+        .add_service(federated_service)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = drain_rx.await;
+        });
+    tokio::pin!(serve);
+
+    tokio::select! {
+        result = &mut serve => {
+            health_task.abort();
+            for follower in &followers {
+                follower.abort();
+            }
+            return result.map_err(Into::into);
+        }
+        () = shutdown => {}
+    }
+    admin.begin_drain();
+
+    tracing::info!(grace_secs = config.shutdown_grace.as_secs(), "shutting down: draining in-flight calls");
+    health_task.abort();
+    for follower in &followers {
+        follower.abort();
+    }
+    set_all(&reporter, ServingStatus::NotServing).await;
+    let _ = drain_tx.send(());
+    match tokio::time::timeout(config.shutdown_grace, serve).await {
+        Ok(result) => {
+            tracing::info!("drained; stopped");
+            result.map_err(Into::into)
+        }
+        Err(_) => {
+            tracing::warn!("grace period ran out with calls still in flight; stopping anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Keeps grpc.health.v1 in step with the store: SERVING while it answers, NOT_SERVING while not.
+async fn watch_store_health(store: Arc<dyn PointerStore>, reporter: HealthReporter) {
+    let mut last = None;
+    loop {
+        let status = match store.ping().await {
+            Ok(()) => ServingStatus::Serving,
+            Err(e) => {
+                tracing::warn!(error = %e, "store health check failed");
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            set_all(&reporter, status).await;
+            last = Some(status);
+        }
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

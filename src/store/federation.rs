@@ -1,0 +1,110 @@
+//! What federation needs from storage: the change feed (written in the same atomic step as every
+//! change) and, on the national node, the patient → regions index fed from regional feeds.
+
+use super::{PatientWrite, StoreError};
+use crate::domain::{Coding, NhsNumber, Pointer, PointerId, PointerStatus, RegionCode};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ChangeKind {
+    Created,
+    Updated,
+    Superseded,
+    Deleted,
+}
+
+/// One change as the feed records it: the pointer after the change (for a delete, as it was).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Change {
+    /// Position in the feed; set when read back.
+    pub cursor: Option<String>,
+    pub kind: ChangeKind,
+    pub pointer: Pointer,
+}
+
+/// The changes a write makes, in the order the feed records them.
+pub fn changes_of(write: &PatientWrite) -> Vec<Change> {
+    let deleted = write.deletes.iter().filter(|d| !write.puts.iter().any(|p| p.id == d.id)).map(|pointer| Change {
+        cursor: None,
+        kind: ChangeKind::Deleted,
+        pointer: pointer.clone(),
+    });
+    let put = write.puts.iter().map(|pointer| Change {
+        cursor: None,
+        kind: match (pointer.status, pointer.version) {
+            (PointerStatus::Superseded, _) => ChangeKind::Superseded,
+            (PointerStatus::Current, 1) => ChangeKind::Created,
+            (PointerStatus::Current, _) => ChangeKind::Updated,
+        },
+        pointer: pointer.clone(),
+    });
+    deleted.chain(put).collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedError {
+    /// The cursor is older than the retained history: the follower must resynchronise.
+    #[error("cursor {0} is older than the retained change history")]
+    OutOfRange(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[async_trait]
+pub trait ChangeFeed: Send + Sync + 'static {
+    /// Changes strictly after `after` (from the oldest retained when `None`), oldest first.
+    async fn changes_after(&self, after: Option<String>, limit: usize) -> Result<Vec<Change>, FeedError>;
+
+    /// Could this store have produced `cursor`?
+    fn valid_feed_cursor(&self, cursor: &str) -> bool;
+}
+
+/// What the national index keeps of one pointer: enough to say where a patient's records are.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct IndexEntry {
+    pub id: PointerId,
+    pub region: RegionCode,
+    pub pointer_type: Coding,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One change as the index sees it: the pointer is now current (`Some`) or not (`None`: deleted or
+/// superseded).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct IndexUpdate {
+    pub nhs_number: NhsNumber,
+    pub id: PointerId,
+    pub current: Option<IndexEntry>,
+}
+
+impl IndexUpdate {
+    pub fn of(change: &Change) -> Self {
+        let p = &change.pointer;
+        let current = (change.kind != ChangeKind::Deleted && p.is_current()).then(|| IndexEntry {
+            id: p.id,
+            region: p.draft.region.clone(),
+            pointer_type: p.draft.pointer_type.coding.clone(),
+            updated_at: p.updated_at,
+        });
+        Self { nhs_number: p.draft.nhs_number, id: p.id, current }
+    }
+}
+
+#[async_trait]
+pub trait RegionIndex: Send + Sync + 'static {
+    /// Applies changes from a regional feed. Idempotent: replaying changes in feed order after a
+    /// crash leaves the same index.
+    async fn index_changes(&self, updates: &[IndexUpdate]) -> Result<(), StoreError>;
+
+    /// The index entries of one patient's current pointers and whether the patient is restricted
+    /// on this node, in one round trip.
+    async fn index_entries(&self, nhs_number: NhsNumber) -> Result<(Vec<IndexEntry>, bool), StoreError>;
+
+    /// Where following `source` (a regional node) has got to.
+    async fn follow_cursor(&self, source: &str) -> Result<Option<String>, StoreError>;
+
+    async fn set_follow_cursor(&self, source: &str, cursor: &str) -> Result<(), StoreError>;
+}

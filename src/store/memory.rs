@@ -1,0 +1,290 @@
+//! The embedded in-memory store: the default, so `cargo run` needs nothing else. Nothing survives
+//! a restart; use Redis for anything real.
+
+use super::federation::{changes_of, Change, ChangeFeed, FeedError, IndexEntry, IndexUpdate, RegionIndex};
+use super::{Condition, PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
+use crate::audit::{AuditEvent, AuditStore, EventPage};
+use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+#[derive(Default)]
+struct Tables {
+    by_patient: HashMap<NhsNumber, HashMap<PointerId, Pointer>>,
+    patient_of: HashMap<PointerId, NhsNumber>,
+    by_reference: HashMap<ReferenceKey, PointerId>,
+    restricted: HashSet<NhsNumber>,
+    /// The audit log, append-only; an event's cursor is its position.
+    events: Vec<AuditEvent>,
+    events_by_patient: HashMap<NhsNumber, Vec<usize>>,
+    /// The change feed: (sequence, change), oldest first, at most `FEED_RETENTION` long.
+    feed: VecDeque<(u64, Change)>,
+    next_sequence: u64,
+    /// National index: patient → pointer id → entry; and follow cursors by source.
+    index: HashMap<NhsNumber, BTreeMap<PointerId, IndexEntry>>,
+    cursors: HashMap<String, String>,
+}
+
+/// Changes the memory store keeps for followers.
+pub const FEED_RETENTION: usize = 1_000_000;
+
+/// All pointers behind one std mutex. It is never held across an `.await` (every method locks,
+/// works on plain maps and unlocks), so a blocking mutex is correct and cheaper than an async one.
+pub struct MemoryStore {
+    tables: Mutex<Tables>,
+    ids: PointerIdCodec,
+    /// Feed cursors are `EPOCH-SEQUENCE`: a restarted store starts a new epoch, so a follower's
+    /// cursor from before the restart is recognised as out of range instead of silently skipping.
+    epoch: u32,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store. Its id key is random: ids, like the data, die with the process.
+    pub fn new() -> Self {
+        Self { tables: Mutex::new(Tables::default()), ids: PointerIdCodec::random(), epoch: rand::random() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        // A panic while holding the lock cannot leave a half-applied write: `apply` checks every
+        // condition before it mutates anything. So a poisoned lock is still consistent.
+        self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Tables {
+    fn holds(&self, nhs_number: NhsNumber, condition: &Condition) -> bool {
+        match condition {
+            Condition::Absent(id) => !self.patient_of.contains_key(id),
+            Condition::AtVersion(id, version) => self.get(*id).is_some_and(|p| p.version == *version),
+            Condition::ReferenceFree(custodian, reference) => !self.by_reference.contains_key(&ReferenceKey {
+                nhs_number,
+                custodian: custodian.clone(),
+                reference: reference.clone(),
+            }),
+        }
+    }
+
+    fn get(&self, id: PointerId) -> Option<&Pointer> {
+        let nhs = self.patient_of.get(&id)?;
+        self.by_patient.get(nhs)?.get(&id)
+    }
+
+    fn remove(&mut self, id: PointerId) {
+        let Some(nhs) = self.patient_of.remove(&id) else {
+            return;
+        };
+        let Some(patient) = self.by_patient.get_mut(&nhs) else {
+            return;
+        };
+        if let Some(key) = patient.remove(&id).as_ref().and_then(|old| ReferenceKey::of(&old.draft)) {
+            self.by_reference.remove(&key);
+        }
+        if patient.is_empty() {
+            self.by_patient.remove(&nhs);
+        }
+    }
+
+    fn put(&mut self, pointer: Pointer) {
+        self.remove(pointer.id);
+        let nhs = pointer.draft.nhs_number;
+        if let Some(key) = ReferenceKey::of(&pointer.draft) {
+            self.by_reference.insert(key, pointer.id);
+        }
+        self.patient_of.insert(pointer.id, nhs);
+        self.by_patient.entry(nhs).or_default().insert(pointer.id, pointer);
+    }
+}
+
+#[async_trait]
+impl PointerStore for MemoryStore {
+    async fn get(&self, id: PointerId) -> Result<Option<Pointer>, StoreError> {
+        Ok(self.lock().get(id).cloned())
+    }
+
+    async fn get_by_reference(&self, key: &ReferenceKey) -> Result<Option<Pointer>, StoreError> {
+        let tables = self.lock();
+        let id = tables.by_reference.get(key).copied();
+        Ok(id.and_then(|id| tables.get(id).cloned()))
+    }
+
+    async fn patient_record(&self, nhs_number: NhsNumber) -> Result<PatientRecord, StoreError> {
+        let tables = self.lock();
+        Ok(PatientRecord {
+            pointers: tables
+                .by_patient
+                .get(&nhs_number)
+                .map(|pointers| pointers.values().cloned().collect())
+                .unwrap_or_default(),
+            restricted: tables.restricted.contains(&nhs_number),
+        })
+    }
+
+    async fn set_restriction(&self, nhs_number: NhsNumber, restricted: bool) -> Result<(), StoreError> {
+        let mut tables = self.lock();
+        if restricted {
+            tables.restricted.insert(nhs_number);
+        } else {
+            tables.restricted.remove(&nhs_number);
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, write: PatientWrite) -> Result<(), StoreError> {
+        if write.puts.iter().any(|p| p.draft.nhs_number != write.nhs_number) {
+            return Err(StoreError::Corrupt("a put belongs to another patient".into()));
+        }
+        let mut tables = self.lock();
+        if !write.conditions.iter().all(|c| tables.holds(write.nhs_number, c)) {
+            return Err(StoreError::ConditionFailed);
+        }
+        // The feed is appended under the same lock as the change: atomic with it.
+        let changes = changes_of(&write);
+        for id in write.deletes.iter().map(|p| p.id) {
+            // Like the Redis store, a write only ever reaches its own patient's pointers.
+            if tables.patient_of.get(&id) == Some(&write.nhs_number) {
+                tables.remove(id);
+            }
+        }
+        for pointer in write.puts {
+            tables.put(pointer);
+        }
+        for change in changes {
+            let sequence = tables.next_sequence;
+            tables.next_sequence += 1;
+            tables.feed.push_back((sequence, change));
+            if tables.feed.len() > FEED_RETENTION {
+                tables.feed.pop_front();
+            }
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn ids(&self) -> &PointerIdCodec {
+        &self.ids
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+fn parse_cursor(cursor: &str) -> Option<usize> {
+    cursor.parse().ok()
+}
+
+#[async_trait]
+impl AuditStore for MemoryStore {
+    async fn append(&self, mut event: AuditEvent) -> Result<(), StoreError> {
+        let mut tables = self.lock();
+        let position = tables.events.len();
+        event.cursor = Some(position.to_string());
+        tables.events_by_patient.entry(event.nhs_number).or_default().push(position);
+        tables.events.push(event);
+        Ok(())
+    }
+
+    async fn patient_events(
+        &self,
+        nhs_number: NhsNumber,
+        before: Option<String>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        let tables = self.lock();
+        let before = before.as_deref().and_then(parse_cursor).unwrap_or(usize::MAX);
+        let positions = tables.events_by_patient.get(&nhs_number).map(Vec::as_slice).unwrap_or_default();
+        let mut older = positions.iter().rev().filter(|p| **p < before);
+        let events: Vec<AuditEvent> = older.by_ref().take(limit).map(|p| tables.events[*p].clone()).collect();
+        let more = older.next().is_some();
+        let next_before = if more { events.last().and_then(|e| e.cursor.clone()) } else { None };
+        Ok(EventPage { events, next_before })
+    }
+
+    async fn events_after(&self, after: Option<String>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let tables = self.lock();
+        let start = after.as_deref().and_then(parse_cursor).map_or(0, |p| p + 1);
+        Ok(tables.events.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    fn valid_cursor(&self, cursor: &str) -> bool {
+        parse_cursor(cursor).is_some()
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for MemoryStore {
+    async fn changes_after(&self, after: Option<String>, limit: usize) -> Result<Vec<Change>, FeedError> {
+        let tables = self.lock();
+        let start = match after.as_deref() {
+            None => 0,
+            Some(cursor) => match self.parse_feed_cursor(cursor) {
+                Some((epoch, sequence)) if epoch == self.epoch => sequence + 1,
+                // Another incarnation's cursor, or garbage: the history it refers to is gone.
+                _ => return Err(FeedError::OutOfRange(cursor.to_string())),
+            },
+        };
+        let oldest = tables.feed.front().map_or(tables.next_sequence, |(s, _)| *s);
+        if start < oldest {
+            return Err(FeedError::OutOfRange(after.unwrap_or_default()));
+        }
+        let skip = (start - oldest) as usize;
+        Ok(tables
+            .feed
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .map(|(sequence, change)| Change { cursor: Some(format!("{}-{sequence}", self.epoch)), ..change.clone() })
+            .collect())
+    }
+
+    fn valid_feed_cursor(&self, cursor: &str) -> bool {
+        self.parse_feed_cursor(cursor).is_some()
+    }
+}
+
+impl MemoryStore {
+    fn parse_feed_cursor(&self, cursor: &str) -> Option<(u32, u64)> {
+        let (epoch, sequence) = cursor.split_once('-')?;
+        Some((epoch.parse().ok()?, sequence.parse().ok()?))
+    }
+}
+
+#[async_trait]
+impl RegionIndex for MemoryStore {
+    async fn index_changes(&self, updates: &[IndexUpdate]) -> Result<(), StoreError> {
+        let mut tables = self.lock();
+        for update in updates {
+            let entries = tables.index.entry(update.nhs_number).or_default();
+            match &update.current {
+                Some(entry) => entries.insert(update.id, entry.clone()),
+                None => entries.remove(&update.id),
+            };
+        }
+        Ok(())
+    }
+
+    async fn index_entries(&self, nhs_number: NhsNumber) -> Result<(Vec<IndexEntry>, bool), StoreError> {
+        let tables = self.lock();
+        let entries = tables.index.get(&nhs_number).map(|e| e.values().cloned().collect()).unwrap_or_default();
+        Ok((entries, tables.restricted.contains(&nhs_number)))
+    }
+
+    async fn follow_cursor(&self, source: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().cursors.get(source).cloned())
+    }
+
+    async fn set_follow_cursor(&self, source: &str, cursor: &str) -> Result<(), StoreError> {
+        self.lock().cursors.insert(source.to_string(), cursor.to_string());
+        Ok(())
+    }
+}

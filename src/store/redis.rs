@@ -1,0 +1,769 @@
+//! The Redis store, standalone or Redis Cluster, for anything real.
+//!
+//! Layout and atomicity: see `keys` (every key of a patient shares the patient's hash slot) and
+//! `scripts` (each patient-level write is one Lua script). Values are compact protobuf (`encoding`).
+//! Reads are one round trip: a patient's pointers are one HGETALL; a pointer by id is one HGET,
+//! because the id itself names the patient (`domain::PointerIdCodec`).
+//!
+//! Outage behaviour: every call is bounded by `timeout` and fails with `Unavailable` rather than
+//! hang; the connection (redis-rs ConnectionManager or cluster connection) reconnects by itself.
+
+mod encoding;
+mod keys;
+mod scripts;
+
+use super::federation::{changes_of, Change, ChangeFeed, FeedError, IndexEntry, IndexUpdate, RegionIndex};
+use super::{Condition, PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
+use crate::audit::{AuditEvent, AuditStore, EventPage};
+use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec, PointerTypeCatalogue};
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to reach Redis and what to ask of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Node URLs (`redis://` or `rediss://`, credentials included). One for standalone.
+    pub nodes: Vec<String>,
+    pub cluster: bool,
+    /// Upper bound on every store call; past it the call fails with UNAVAILABLE.
+    pub timeout: Duration,
+    /// Before acknowledging a write, wait until this many replicas have it (Redis WAIT). 0 = don't.
+    pub wait_replicas: u32,
+    pub wait_timeout: Duration,
+    /// How long startup keeps trying to reach Redis before giving up.
+    pub startup_wait: Duration,
+    /// Changes the feed keeps (standalone Redis only).
+    pub feed_retention: u64,
+}
+
+impl RedisConfig {
+    /// `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS), or
+    /// `redis+cluster://[user:pass@]host:port,host:port,…` (`rediss+cluster://` for TLS).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        let (nodes, cluster) = if let Some((scheme, rest)) = url.split_once("+cluster://") {
+            if scheme != "redis" && scheme != "rediss" {
+                return Err(format!("unknown scheme {scheme}+cluster"));
+            }
+            let (credentials, hosts) = match rest.rsplit_once('@') {
+                Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+                None => (String::new(), rest),
+            };
+            let nodes: Vec<String> = hosts
+                .trim_end_matches('/')
+                .split(',')
+                .filter(|h| !h.trim().is_empty())
+                .map(|h| format!("{scheme}://{credentials}{}", h.trim()))
+                .collect();
+            if nodes.is_empty() {
+                return Err("a cluster URL needs at least one host:port".into());
+            }
+            (nodes, true)
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+            (vec![url.to_string()], false)
+        } else {
+            return Err("expected redis://, rediss://, redis+cluster:// or rediss+cluster://".into());
+        };
+        for node in &nodes {
+            redis::Client::open(node.as_str()).map_err(|e| format!("{}: {e}", redact(node)))?;
+        }
+        Ok(Self {
+            nodes,
+            cluster,
+            timeout: Duration::from_millis(1000),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(500),
+            startup_wait: Duration::from_secs(30),
+            feed_retention: 1_000_000,
+        })
+    }
+}
+
+/// A URL with any password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}", &url[..scheme_end], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("nodes", &self.nodes.iter().map(|n| redact(n)).collect::<Vec<_>>())
+            .field("cluster", &self.cluster)
+            .field("timeout", &self.timeout)
+            .field("wait_replicas", &self.wait_replicas)
+            .finish()
+    }
+}
+
+/// One connection handle for either topology; cheap to clone (both are multiplexed handles).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// How often one call follows an ASK redirect before giving up.
+const ASK_ATTEMPTS: usize = 5;
+
+/// Sends `cmd`; if the slot is mid-migration and the node answers ASK, sends `ASKING` and `cmd`
+/// together, as one pipeline, to the node named. redis-rs's own ASK handling sends them as two
+/// requests on a shared connection, so a concurrent call can consume the one-shot ASKING flag
+/// and the command bounces back (sewenew/redis-plus-plus#281 is the same race). In one pipeline
+/// nothing can come between them.
+async fn follow_ask(connection: &mut ClusterConnection, cmd: &Cmd) -> Result<Value, RedisError> {
+    let mut outcome = connection.req_packed_command(cmd).await;
+    for _ in 0..ASK_ATTEMPTS {
+        let target = match &outcome {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::Ask) => e.redirect_node().and_then(|(addr, _)| {
+                let (host, port) = addr.rsplit_once(':')?;
+                Some((host.to_string(), port.parse::<u16>().ok()?))
+            }),
+            _ => None,
+        };
+        let Some((host, port)) = target else { return outcome };
+        let mut pipe = redis::pipe();
+        pipe.cmd("ASKING").add_command(cmd.clone());
+        outcome = connection
+            .route_pipeline(pipe, 1, 1, SingleNodeRoutingInfo::ByAddress { host, port })
+            .await
+            .and_then(|mut values| values.pop().ok_or_else(|| RedisError::from((ErrorKind::Client, "empty ASK reply"))))
+            .and_then(|value| match value {
+                // A server error inside a pipeline comes back as a value; surface it as an error.
+                Value::ServerError(e) => Err(e.into()),
+                other => Ok(other),
+            });
+        if matches!(&outcome, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::Moved)) {
+            // The migration finished between the two: the normal path follows MOVED.
+            outcome = connection.req_packed_command(cmd).await;
+        }
+    }
+    outcome
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => Box::pin(follow_ask(c, cmd)),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+pub struct RedisStore {
+    connection: Connection,
+    catalogue: Arc<PointerTypeCatalogue>,
+    ids: PointerIdCodec,
+    timeout: Duration,
+    wait: Option<(u32, Duration)>,
+    backend: &'static str,
+    /// The feed's MAXLEN when this store writes a feed (standalone Redis), else `None`.
+    feed: Option<u64>,
+}
+
+fn unavailable(error: RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {error}"))
+}
+
+async fn connect(config: &RedisConfig) -> Result<Connection, RedisError> {
+    if config.cluster {
+        let client = redis::cluster::ClusterClientBuilder::new(config.nodes.clone())
+            .connection_timeout(config.timeout)
+            .response_timeout(config.timeout)
+            // Short waits between retries: a failover or slot move settles within the store
+            // timeout. ASK redirects are followed by `follow_ask`.
+            .retries(6)
+            .min_retry_wait(1)
+            .max_retry_wait(100)
+            .build()?;
+        Ok(Connection::Cluster(client.get_async_connection().await?))
+    } else {
+        let client = redis::Client::open(config.nodes[0].as_str())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        Ok(Connection::Single(client.get_connection_manager_with_config(manager_config).await?))
+    }
+}
+
+impl RedisStore {
+    /// Connects (retrying for up to `startup_wait`) and loads, or creates, the shared id key.
+    pub async fn connect(config: &RedisConfig, catalogue: Arc<PointerTypeCatalogue>) -> Result<Self, StoreError> {
+        let deadline = tokio::time::Instant::now() + config.startup_wait;
+        let mut connection = loop {
+            match tokio::time::timeout(config.timeout * 2, connect(config)).await {
+                Ok(Ok(connection)) => break connection,
+                outcome => {
+                    let why = match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(StoreError::Unavailable(format!(
+                            "cannot reach redis at {}: {why}",
+                            config.nodes.iter().map(|n| redact(n)).collect::<Vec<_>>().join(",")
+                        )));
+                    }
+                    tracing::warn!(error = %why, "redis not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let key = load_id_key(&mut connection, config.timeout).await?;
+        check_settings(&mut connection, config.timeout).await;
+        Ok(Self {
+            connection,
+            catalogue,
+            ids: PointerIdCodec::new(key),
+            timeout: config.timeout,
+            wait: (config.wait_replicas > 0).then_some((config.wait_replicas, config.wait_timeout)),
+            backend: if config.cluster { "redis-cluster" } else { "redis" },
+            feed: (!config.cluster).then_some(config.feed_retention),
+        })
+    }
+
+    /// Runs one Redis call under the store timeout.
+    async fn bounded<T>(&self, call: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(unavailable),
+            Err(_) => Err(StoreError::Unavailable(format!("redis did not answer within {:?}", self.timeout))),
+        }
+    }
+
+    fn decode(&self, nhs: NhsNumber, id: &[u8], value: &[u8]) -> Result<Pointer, StoreError> {
+        encoding::decode(nhs, id, value, &self.catalogue)
+    }
+
+    /// Runs the write script; true when applied.
+    async fn run_write(&self, write: &PatientWrite) -> Result<bool, StoreError> {
+        let mut invocation = scripts::APPLY.prepare_invoke();
+        invocation.key(keys::pointers(write.nhs_number));
+        if self.feed.is_some() {
+            invocation.key(keys::FEED);
+        }
+        invocation.arg(write.conditions.len());
+        for condition in &write.conditions {
+            match condition {
+                Condition::Absent(id) => invocation.arg("A").arg(id.as_bytes().as_slice()).arg(""),
+                Condition::AtVersion(id, version) => {
+                    invocation.arg("V").arg(id.as_bytes().as_slice()).arg(encoding::version_bytes(*version).as_slice())
+                }
+                Condition::ReferenceFree(custodian, reference) => {
+                    invocation.arg("R").arg(keys::reference_field(custodian, reference)).arg("")
+                }
+            };
+        }
+        let reference_of = |p: &Pointer| {
+            p.draft
+                .producer_reference
+                .as_ref()
+                .map(|r| keys::reference_field(&p.draft.custodian, r))
+                .unwrap_or_default()
+        };
+        invocation.arg(write.deletes.len());
+        for pointer in &write.deletes {
+            invocation.arg(pointer.id.as_bytes().as_slice()).arg(reference_of(pointer));
+        }
+        invocation.arg(write.puts.len());
+        for pointer in &write.puts {
+            invocation.arg(pointer.id.as_bytes().as_slice()).arg(encoding::encode(pointer)).arg(reference_of(pointer));
+        }
+        match self.feed {
+            Some(maxlen) => {
+                let changes = changes_of(write);
+                invocation.arg(changes.len()).arg(maxlen);
+                for change in &changes {
+                    invocation.arg(encoding::encode_change(change));
+                }
+            }
+            None => {
+                invocation.arg(0);
+            }
+        }
+        let mut connection = self.connection.clone();
+        let applied: i64 = self.bounded(invocation.invoke_async(&mut connection)).await?;
+        Ok(applied == 1)
+    }
+
+    /// Waits for replica acknowledgement of everything written so far on the connection(s) that
+    /// serve `nhs_numbers` (WAIT is per connection, and cluster writes go to each slot's master).
+    async fn wait_for_replicas(&self, nhs_numbers: impl Iterator<Item = NhsNumber>) -> Result<(), StoreError> {
+        let Some((replicas, wait_timeout)) = self.wait else { return Ok(()) };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(wait_timeout.as_millis() as u64);
+        let acknowledged: Vec<i64> = match &self.connection {
+            Connection::Single(c) => {
+                let mut c = c.clone();
+                vec![self.bounded_wait(wait.query_async(&mut c), wait_timeout).await?]
+            }
+            Connection::Cluster(c) => {
+                let slots: BTreeSet<u16> = nhs_numbers.map(keys::slot).collect();
+                let calls = slots.into_iter().map(|slot| {
+                    let mut c = c.clone();
+                    let wait = wait.clone();
+                    async move {
+                        let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                        let value = c.route_command(wait, RoutingInfo::SingleNode(route)).await?;
+                        redis::from_redis_value::<i64>(value).map_err(RedisError::from)
+                    }
+                });
+                let mut counts = Vec::new();
+                for result in futures::future::join_all(calls.map(|call| self.bounded_wait(call, wait_timeout))).await {
+                    counts.push(result?);
+                }
+                counts
+            }
+        };
+        match acknowledged.iter().min() {
+            Some(&least) if least < i64::from(replicas) => Err(StoreError::Unavailable(format!(
+                "write applied on the primary but only {least} of {replicas} replicas acknowledged it within {wait_timeout:?}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn bounded_wait<T>(
+        &self,
+        call: impl Future<Output = Result<T, RedisError>>,
+        wait_timeout: Duration,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout + wait_timeout, call).await {
+            Ok(result) => result.map_err(unavailable),
+            Err(_) => Err(StoreError::Unavailable("redis did not answer WAIT in time".into())),
+        }
+    }
+}
+
+/// Smallest `hash-max-listpack-value` that keeps a patient's hash in Redis's compact listpack
+/// encoding (values are ~100-200 bytes). Below it Redis uses a hashtable: ~400 instead of ~265 bytes
+/// per pointer.
+pub const MIN_LISTPACK_VALUE: u64 = 256;
+
+/// Warns about Redis settings that cost memory or durability. Best effort: managed Redis services
+/// often refuse CONFIG, and then there is nothing to say.
+async fn check_settings(connection: &mut Connection, timeout: Duration) {
+    let query = |name: &'static str| {
+        let mut connection = connection.clone();
+        async move {
+            let mut command = redis::cmd("CONFIG");
+            command.arg("GET").arg(name);
+            match tokio::time::timeout(timeout, command.query_async::<HashMap<String, String>>(&mut connection)).await {
+                Ok(Ok(values)) => values.get(name).cloned(),
+                _ => None,
+            }
+        }
+    };
+    match query("hash-max-listpack-value").await.and_then(|v| v.parse::<u64>().ok()) {
+        Some(value) if value < MIN_LISTPACK_VALUE => tracing::warn!(
+            hash_max_listpack_value = value,
+            recommended = 512,
+            "redis hash-max-listpack-value is low: pointers take ~400 bytes each instead of ~265 (see README, Redis)"
+        ),
+        Some(_) => {}
+        None => tracing::info!("cannot read redis settings (CONFIG GET refused); check them by hand (README, Redis)"),
+    }
+    if let Some(policy) = query("maxmemory-policy").await.filter(|p| p != "noeviction") {
+        tracing::warn!(
+            maxmemory_policy = %policy,
+            "redis may evict keys under memory pressure, silently losing pointers: set maxmemory-policy noeviction"
+        );
+    }
+    if let (Some(appendonly), fsync) = (query("appendonly").await, query("appendfsync").await) {
+        tracing::info!(appendonly = %appendonly, appendfsync = ?fsync, "redis durability settings");
+        if appendonly != "yes" {
+            tracing::warn!(
+                "redis appendonly is off: acknowledged writes since the last snapshot are lost if redis stops"
+            );
+        }
+    }
+}
+
+/// The id codec key lives in Redis so every registry node sharing the data mints and reads the
+/// same ids. The first node to start creates it (SET NX); the rest read it.
+async fn load_id_key(connection: &mut Connection, timeout: Duration) -> Result<[u8; 32], StoreError> {
+    let fresh: [u8; 32] = rand::random();
+    let call = async {
+        let _: Option<String> =
+            redis::cmd("SET").arg(keys::ID_KEY).arg(fresh.as_slice()).arg("NX").query_async(connection).await?;
+        redis::cmd("GET").arg(keys::ID_KEY).query_async::<Option<Vec<u8>>>(connection).await
+    };
+    let stored = match tokio::time::timeout(timeout * 2, call).await {
+        Ok(result) => result.map_err(unavailable)?,
+        Err(_) => return Err(StoreError::Unavailable("redis did not answer while loading the id key".into())),
+    };
+    let stored = stored.ok_or_else(|| StoreError::Unavailable("id key vanished right after it was set".into()))?;
+    stored.as_slice().try_into().map_err(|_| StoreError::Corrupt(format!("{} is not 32 bytes", keys::ID_KEY)))
+}
+
+#[async_trait]
+impl PointerStore for RedisStore {
+    async fn get(&self, id: PointerId) -> Result<Option<Pointer>, StoreError> {
+        let Some(nhs) = self.ids.patient_of(id) else { return Ok(None) };
+        let mut connection = self.connection.clone();
+        let value: Option<Vec<u8>> = self
+            .bounded(
+                redis::cmd("HGET").arg(keys::pointers(nhs)).arg(id.as_bytes().as_slice()).query_async(&mut connection),
+            )
+            .await?;
+        value.map(|v| self.decode(nhs, id.as_bytes(), &v)).transpose()
+    }
+
+    async fn get_by_reference(&self, key: &ReferenceKey) -> Result<Option<Pointer>, StoreError> {
+        let mut connection = self.connection.clone();
+        let mut invocation = scripts::BY_REFERENCE.prepare_invoke();
+        invocation.key(keys::pointers(key.nhs_number)).arg(keys::reference_field(&key.custodian, &key.reference));
+        let found: Option<(Vec<u8>, Vec<u8>)> = self.bounded(invocation.invoke_async(&mut connection)).await?;
+        found.map(|(id, value)| self.decode(key.nhs_number, &id, &value)).transpose()
+    }
+
+    async fn get_by_references(&self, keys: Vec<ReferenceKey>) -> Vec<Result<Option<Pointer>, StoreError>> {
+        futures::future::join_all(keys.iter().map(|key| self.get_by_reference(key))).await
+    }
+
+    async fn patient_record(&self, nhs_number: NhsNumber) -> Result<PatientRecord, StoreError> {
+        let mut connection = self.connection.clone();
+        let entries: Vec<(Vec<u8>, Vec<u8>)> =
+            self.bounded(redis::cmd("HGETALL").arg(keys::pointers(nhs_number)).query_async(&mut connection)).await?;
+        let restricted = entries.iter().any(|(field, _)| field.as_slice() == keys::RESTRICTED_FIELD.as_bytes());
+        let pointers = entries
+            .iter()
+            .filter(|(field, _)| keys::is_pointer_field(field))
+            .map(|(id, value)| self.decode(nhs_number, id, value))
+            .collect::<Result<_, _>>()?;
+        Ok(PatientRecord { pointers, restricted })
+    }
+
+    async fn get_for_read(&self, id: PointerId) -> Result<Option<(Pointer, bool)>, StoreError> {
+        let Some(nhs) = self.ids.patient_of(id) else { return Ok(None) };
+        let mut connection = self.connection.clone();
+        let (value, restricted): (Option<Vec<u8>>, Option<String>) = self
+            .bounded(
+                redis::cmd("HMGET")
+                    .arg(keys::pointers(nhs))
+                    .arg(id.as_bytes().as_slice())
+                    .arg(keys::RESTRICTED_FIELD)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        value.map(|v| Ok((self.decode(nhs, id.as_bytes(), &v)?, restricted.is_some()))).transpose()
+    }
+
+    async fn set_restriction(&self, nhs_number: NhsNumber, restricted: bool) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let mut command = if restricted { redis::cmd("HSET") } else { redis::cmd("HDEL") };
+        command.arg(keys::pointers(nhs_number)).arg(keys::RESTRICTED_FIELD);
+        if restricted {
+            command.arg("1");
+        }
+        let _: i64 = self.bounded(command.query_async(&mut connection)).await?;
+        self.wait_for_replicas(std::iter::once(nhs_number)).await
+    }
+
+    async fn apply(&self, write: PatientWrite) -> Result<(), StoreError> {
+        if write.puts.iter().any(|p| p.draft.nhs_number != write.nhs_number) {
+            return Err(StoreError::Corrupt("a put belongs to another patient".into()));
+        }
+        if !self.run_write(&write).await? {
+            return Err(StoreError::ConditionFailed);
+        }
+        self.wait_for_replicas(std::iter::once(write.nhs_number)).await
+    }
+
+    /// Every write goes out at once: the multiplexed connection pipelines them on the wire (per
+    /// node on a cluster), then one WAIT per connection covers the lot.
+    async fn apply_each(&self, writes: Vec<PatientWrite>) -> Vec<Result<(), StoreError>> {
+        let mut results: Vec<Result<(), StoreError>> =
+            futures::future::join_all(writes.iter().map(|write| async move {
+                if write.puts.iter().any(|p| p.draft.nhs_number != write.nhs_number) {
+                    return Err(StoreError::Corrupt("a put belongs to another patient".into()));
+                }
+                match self.run_write(write).await? {
+                    true => Ok(()),
+                    false => Err(StoreError::ConditionFailed),
+                }
+            }))
+            .await;
+        let written = writes.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(w, _)| w.nhs_number);
+        if let Err(e) = self.wait_for_replicas(written).await {
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(e.clone());
+            }
+        }
+        results
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let _: String = self.bounded(redis::cmd("PING").query_async(&mut connection)).await?;
+        Ok(())
+    }
+
+    fn ids(&self) -> &PointerIdCodec {
+        &self.ids
+    }
+
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+}
+
+/// Audit events: the patient's stream (same slot as the patient, read by GetAccessLog) and the
+/// export stream. Both appends must succeed for the event to count.
+#[async_trait]
+impl AuditStore for RedisStore {
+    async fn append(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let bytes = encoding::encode_event(&event);
+        let xadd = |key: String| {
+            let mut command = redis::cmd("XADD");
+            command.arg(key).arg("*").arg("e").arg(bytes.as_slice());
+            let mut connection = self.connection.clone();
+            async move { self.bounded(command.query_async::<String>(&mut connection)).await }
+        };
+        let (patient, export) = tokio::join!(xadd(keys::audit(event.nhs_number)), xadd(keys::AUDIT_EXPORT.to_string()));
+        patient?;
+        export?;
+        Ok(())
+    }
+
+    async fn patient_events(
+        &self,
+        nhs_number: NhsNumber,
+        before: Option<String>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        let mut connection = self.connection.clone();
+        let end = before.map(|c| format!("({c}")).unwrap_or_else(|| "+".into());
+        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = self
+            .bounded(
+                redis::cmd("XREVRANGE")
+                    .arg(keys::audit(nhs_number))
+                    .arg(end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit + 1)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        let more = entries.len() > limit;
+        let events = entries.into_iter().take(limit).map(stream_event).collect::<Result<Vec<_>, _>>()?;
+        let next_before = if more { events.last().and_then(|e| e.cursor.clone()) } else { None };
+        Ok(EventPage { events, next_before })
+    }
+
+    async fn events_after(&self, after: Option<String>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut connection = self.connection.clone();
+        let start = after.map(|c| format!("({c}")).unwrap_or_else(|| "-".into());
+        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = self
+            .bounded(
+                redis::cmd("XRANGE")
+                    .arg(keys::AUDIT_EXPORT)
+                    .arg(start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        entries.into_iter().map(stream_event).collect()
+    }
+
+    fn valid_cursor(&self, cursor: &str) -> bool {
+        matches!(cursor.split_once('-'), Some((ms, seq)) if !ms.is_empty() && !seq.is_empty()
+            && ms.bytes().all(|b| b.is_ascii_digit()) && seq.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
+/// Stream ids as (ms, seq) for comparison.
+fn stream_position(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+#[async_trait]
+impl ChangeFeed for RedisStore {
+    async fn changes_after(&self, after: Option<String>, limit: usize) -> Result<Vec<Change>, FeedError> {
+        if self.feed.is_none() {
+            return Err(FeedError::Unsupported(
+                "the change feed needs a memory or standalone Redis store (on Redis Cluster it would span slots)"
+                    .into(),
+            ));
+        }
+        let mut connection = self.connection.clone();
+        if let Some(cursor) = &after {
+            // Trimmed history: some entries were removed (entries-added > length) and the cursor
+            // is older than the first one kept. (Redis 7.0 leaves max-deleted-entry-id at 0-0
+            // when MAXLEN trims, so it cannot be used.) A cursor equal to the last trimmed entry
+            // is reported too: the follower then re-reads what is kept, which is harmless.
+            let info: HashMap<String, redis::Value> = match self
+                .bounded(redis::cmd("XINFO").arg("STREAM").arg(keys::FEED).query_async(&mut connection))
+                .await
+            {
+                Ok(info) => info,
+                // No stream yet: nothing was ever written, so nothing was trimmed.
+                Err(StoreError::Unavailable(e)) if e.contains("no such key") => HashMap::new(),
+                Err(e) => return Err(e.into()),
+            };
+            let number = |name: &str| info.get(name).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
+            let first_kept = info
+                .get("recorded-first-entry-id")
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                .and_then(|id| stream_position(&id));
+            let trimmed =
+                matches!((number("entries-added"), number("length")), (Some(added), Some(kept)) if added > kept);
+            if let (true, Some(first_kept), Some(position)) = (trimmed, first_kept, stream_position(cursor)) {
+                if position < first_kept {
+                    return Err(FeedError::OutOfRange(cursor.clone()));
+                }
+            }
+        }
+        let start = after.map(|c| format!("({c}")).unwrap_or_else(|| "-".into());
+        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = self
+            .bounded(
+                redis::cmd("XRANGE")
+                    .arg(keys::FEED)
+                    .arg(start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        entries
+            .into_iter()
+            .map(|(id, fields)| {
+                let bytes = fields
+                    .into_iter()
+                    .find(|(name, _)| name == "e")
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| StoreError::Corrupt(format!("feed entry {id} has no change")))?;
+                Ok(encoding::decode_change(id, &bytes, &self.catalogue)?)
+            })
+            .collect()
+    }
+
+    fn valid_feed_cursor(&self, cursor: &str) -> bool {
+        stream_position(cursor).is_some()
+    }
+}
+
+#[async_trait]
+impl RegionIndex for RedisStore {
+    /// HSET/HDEL are idempotent, so a replay after a crash converges to the same index.
+    async fn index_changes(&self, updates: &[IndexUpdate]) -> Result<(), StoreError> {
+        let calls = updates.iter().map(|update| {
+            let mut command = match &update.current {
+                Some(_) => redis::cmd("HSET"),
+                None => redis::cmd("HDEL"),
+            };
+            command.arg(keys::index(update.nhs_number)).arg(update.id.as_bytes().as_slice());
+            if let Some(entry) = &update.current {
+                command.arg(encoding::encode_index_entry(entry));
+            }
+            let mut connection = self.connection.clone();
+            async move { self.bounded(command.query_async::<i64>(&mut connection)).await }
+        });
+        // Updates to one pointer come from one region's feed, in order; sends on one connection
+        // keep their order, so the last write wins as it should.
+        for result in futures::future::join_all(calls).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn index_entries(&self, nhs_number: NhsNumber) -> Result<(Vec<IndexEntry>, bool), StoreError> {
+        let mut connection = self.connection.clone();
+        // Both keys are in the patient's slot: one pipeline, one round trip, on a cluster too.
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL").arg(keys::index(nhs_number));
+        pipe.cmd("HEXISTS").arg(keys::pointers(nhs_number)).arg(keys::RESTRICTED_FIELD);
+        let (entries, restricted): (Vec<(Vec<u8>, String)>, bool) =
+            self.bounded(pipe.query_async(&mut connection)).await?;
+        let entries = entries
+            .iter()
+            .map(|(id, value)| encoding::decode_index_entry(id, value, &self.catalogue))
+            .collect::<Result<_, _>>()?;
+        Ok((entries, restricted))
+    }
+
+    async fn follow_cursor(&self, source: &str) -> Result<Option<String>, StoreError> {
+        let mut connection = self.connection.clone();
+        self.bounded(redis::cmd("GET").arg(keys::follow_cursor(source)).query_async(&mut connection)).await
+    }
+
+    async fn set_follow_cursor(&self, source: &str, cursor: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let _: () = self
+            .bounded(redis::cmd("SET").arg(keys::follow_cursor(source)).arg(cursor).query_async(&mut connection))
+            .await?;
+        Ok(())
+    }
+}
+
+fn stream_event((id, fields): (String, Vec<(String, Vec<u8>)>)) -> Result<AuditEvent, StoreError> {
+    let bytes = fields
+        .into_iter()
+        .find(|(name, _)| name == "e")
+        .map(|(_, value)| value)
+        .ok_or_else(|| StoreError::Corrupt(format!("audit entry {id} has no event")))?;
+    encoding::decode_event(id, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_into_topologies() {
+        let single = RedisConfig::parse("redis://127.0.0.1:6379/0").expect("standalone");
+        assert!(!single.cluster);
+        assert_eq!(single.nodes, vec!["redis://127.0.0.1:6379/0"]);
+        let cluster = RedisConfig::parse("redis+cluster://user:secret@10.0.0.1:7000,10.0.0.2:7001").expect("cluster");
+        assert!(cluster.cluster);
+        assert_eq!(cluster.nodes, vec!["redis://user:secret@10.0.0.1:7000", "redis://user:secret@10.0.0.2:7001"]);
+        let tls = RedisConfig::parse("rediss+cluster://h1:7000").expect("tls cluster");
+        assert_eq!(tls.nodes, vec!["rediss://h1:7000"]);
+        for bad in ["", "memory", "http://x:1", "redis+cluster://", "mongo+cluster://h:1"] {
+            assert!(RedisConfig::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        let cluster = RedisConfig::parse("redis+cluster://user:secret@h1:7000,h2:7001").expect("cluster");
+        assert!(!format!("{cluster:?}").contains("secret"));
+        assert_eq!(redact("redis://:pw@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}

@@ -1,0 +1,368 @@
+//! How a pointer is stored: a private protobuf message (prost), not JSON and not the public API
+//! message. The NHS number and the id are already in the key and field, category and displays come
+//! from the catalogue, timestamps are milliseconds and vocabularies are small integers. A typical
+//! pointer takes about 120 bytes.
+//!
+//! The value is `version (8 bytes, big-endian) ‖ message`, so the write script can check a version
+//! by comparing 8 bytes, without decoding protobuf in Lua.
+//!
+//! Compatibility: fields are only ever added, with new tags. Vocabulary codes are positions in the
+//! domain's `ALL` lists, which are append-only.
+
+use crate::audit::AuditEvent;
+use crate::domain::{
+    Coding, Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, Pointer, PointerDraft, PointerId,
+    PointerStatus, PointerType, PointerTypeCatalogue, ProducerReference, RegionCode, RetrievalMechanism, Stability,
+};
+use crate::store::federation::{Change, ChangeKind};
+use crate::store::StoreError;
+use chrono::{DateTime, Utc};
+use prost::Message;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredPointer {
+    #[prost(string, tag = "1")]
+    region: String,
+    #[prost(string, tag = "2")]
+    custodian: String,
+    #[prost(string, tag = "3")]
+    author: String,
+    #[prost(uint64, tag = "4")]
+    type_code: u64,
+    #[prost(message, repeated, tag = "5")]
+    content: Vec<StoredContent>,
+    #[prost(uint64, tag = "6")]
+    practice_code: u64,
+    #[prost(string, tag = "7")]
+    practice_display: String,
+    #[prost(int64, optional, tag = "8")]
+    document_seconds: Option<i64>,
+    #[prost(uint32, tag = "9")]
+    document_nanos: u32,
+    #[prost(bool, tag = "10")]
+    superseded: bool,
+    #[prost(bytes = "vec", repeated, tag = "11")]
+    supersedes: Vec<Vec<u8>>,
+    #[prost(bytes = "vec", tag = "12")]
+    superseded_by: Vec<u8>,
+    #[prost(string, tag = "13")]
+    producer_reference: String,
+    #[prost(int64, tag = "14")]
+    created_ms: i64,
+    #[prost(int64, tag = "15")]
+    updated_ms: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredContent {
+    #[prost(string, tag = "1")]
+    url: String,
+    #[prost(uint32, tag = "2")]
+    content_type: u32,
+    #[prost(uint32, tag = "3")]
+    format: u32,
+    #[prost(uint32, tag = "4")]
+    retrieval_mechanism: u32,
+    #[prost(uint32, tag = "5")]
+    stability: u32,
+}
+
+fn position<T: PartialEq>(all: &[T], value: &T) -> u32 {
+    all.iter().position(|v| v == value).unwrap_or(0) as u32
+}
+
+fn at<T: Copy>(all: &[T], code: u32, what: &str) -> Result<T, StoreError> {
+    all.get(code as usize).copied().ok_or_else(|| StoreError::Corrupt(format!("unknown {what} code {code}")))
+}
+
+/// The 8-byte version prefix.
+pub fn version_bytes(version: u64) -> [u8; 8] {
+    version.to_be_bytes()
+}
+
+pub fn encode(pointer: &Pointer) -> Vec<u8> {
+    let d = &pointer.draft;
+    let stored = StoredPointer {
+        region: d.region.to_string(),
+        custodian: d.custodian.to_string(),
+        author: d.author.as_ref().map(ToString::to_string).unwrap_or_default(),
+        type_code: d.pointer_type.coding.code.parse().unwrap_or(0),
+        content: d
+            .content
+            .iter()
+            .map(|c| StoredContent {
+                url: c.url.as_str().to_string(),
+                content_type: position(ContentType::ALL, &c.content_type),
+                format: position(ContentFormat::ALL, &c.format),
+                retrieval_mechanism: position(RetrievalMechanism::ALL, &c.retrieval_mechanism),
+                stability: position(Stability::ALL, &c.stability),
+            })
+            .collect(),
+        practice_code: d.practice_setting.as_ref().and_then(|c| c.code.parse().ok()).unwrap_or(0),
+        practice_display: d.practice_setting.as_ref().map(|c| c.display.clone()).unwrap_or_default(),
+        document_seconds: d.document_date.map(|t| t.timestamp()),
+        document_nanos: d.document_date.map(|t| t.timestamp_subsec_nanos()).unwrap_or(0),
+        superseded: pointer.status == PointerStatus::Superseded,
+        supersedes: pointer.supersedes.iter().map(|id| id.as_bytes().to_vec()).collect(),
+        superseded_by: pointer.superseded_by.map(|id| id.as_bytes().to_vec()).unwrap_or_default(),
+        producer_reference: d.producer_reference.as_ref().map(|r| r.as_str().to_string()).unwrap_or_default(),
+        created_ms: pointer.created_at.timestamp_millis(),
+        updated_ms: pointer.updated_at.timestamp_millis(),
+    };
+    let mut value = Vec::with_capacity(8 + stored.encoded_len());
+    value.extend_from_slice(&version_bytes(pointer.version));
+    // Encoding into a Vec cannot run out of space.
+    let _ = stored.encode(&mut value);
+    value
+}
+
+fn id_from(bytes: &[u8]) -> Result<PointerId, StoreError> {
+    let raw: [u8; 16] = bytes.try_into().map_err(|_| StoreError::Corrupt(format!("id of {} bytes", bytes.len())))?;
+    Ok(PointerId::from_bytes(raw))
+}
+
+fn millis(ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
+}
+
+fn corrupt<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> StoreError + '_ {
+    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+/// Decodes a stored value. The catalogue supplies the type's display and category; a type since
+/// dropped from the catalogue still decodes, showing its code.
+pub fn decode(
+    nhs_number: NhsNumber,
+    id_bytes: &[u8],
+    value: &[u8],
+    catalogue: &PointerTypeCatalogue,
+) -> Result<Pointer, StoreError> {
+    if value.len() < 8 {
+        return Err(StoreError::Corrupt("value shorter than its version prefix".into()));
+    }
+    let (version, body) = value.split_at(8);
+    let mut raw_version = [0u8; 8];
+    raw_version.copy_from_slice(version);
+    let stored = StoredPointer::decode(body).map_err(corrupt("pointer"))?;
+    let type_code = stored.type_code.to_string();
+    let pointer_type = match catalogue.pointer_type(&type_code) {
+        Ok(t) => t.clone(),
+        Err(_) => PointerType {
+            coding: Coding { code: type_code.clone(), display: type_code },
+            category: Coding { code: String::new(), display: String::new() },
+        },
+    };
+    let content = stored
+        .content
+        .into_iter()
+        .map(|c| {
+            Ok(Content {
+                url: ContentUrl::parse(&c.url).map_err(corrupt("content url"))?,
+                content_type: at(ContentType::ALL, c.content_type, "content type")?,
+                format: at(ContentFormat::ALL, c.format, "format")?,
+                retrieval_mechanism: at(RetrievalMechanism::ALL, c.retrieval_mechanism, "retrieval mechanism")?,
+                stability: at(Stability::ALL, c.stability, "stability")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let document_date = match stored.document_seconds {
+        Some(seconds) => Some(
+            DateTime::from_timestamp(seconds, stored.document_nanos)
+                .ok_or_else(|| StoreError::Corrupt("document date".into()))?,
+        ),
+        None => None,
+    };
+    let draft = PointerDraft {
+        nhs_number,
+        region: RegionCode::parse(&stored.region).ok_or_else(|| StoreError::Corrupt("region".into()))?,
+        custodian: OdsCode::parse(&stored.custodian).map_err(corrupt("custodian"))?,
+        author: match stored.author.as_str() {
+            "" => None,
+            author => Some(OdsCode::parse(author).map_err(corrupt("author"))?),
+        },
+        pointer_type,
+        content,
+        practice_setting: (stored.practice_code != 0)
+            .then(|| Coding { code: stored.practice_code.to_string(), display: stored.practice_display }),
+        document_date,
+        producer_reference: match stored.producer_reference.as_str() {
+            "" => None,
+            r => Some(ProducerReference::parse(r).map_err(corrupt("producer reference"))?),
+        },
+    };
+    Ok(Pointer {
+        id: id_from(id_bytes)?,
+        draft,
+        status: if stored.superseded { PointerStatus::Superseded } else { PointerStatus::Current },
+        supersedes: stored.supersedes.iter().map(|b| id_from(b)).collect::<Result<_, _>>()?,
+        superseded_by: match stored.superseded_by.as_slice() {
+            [] => None,
+            bytes => Some(id_from(bytes)?),
+        },
+        version: u64::from_be_bytes(raw_version),
+        created_at: millis(stored.created_ms)?,
+        updated_at: millis(stored.updated_ms)?,
+    })
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredAuditEvent {
+    #[prost(int64, tag = "1")]
+    time_ms: i64,
+    #[prost(string, tag = "2")]
+    application: String,
+    #[prost(string, tag = "3")]
+    organisation: String,
+    #[prost(string, optional, tag = "4")]
+    end_user: Option<String>,
+    #[prost(string, optional, tag = "5")]
+    purpose: Option<String>,
+    #[prost(string, tag = "6")]
+    operation: String,
+    #[prost(uint64, tag = "7")]
+    nhs_number: u64,
+    #[prost(bytes = "vec", repeated, tag = "8")]
+    pointer_ids: Vec<Vec<u8>>,
+    #[prost(string, tag = "9")]
+    outcome: String,
+    #[prost(bool, tag = "10")]
+    break_glass: bool,
+}
+
+pub fn encode_event(event: &AuditEvent) -> Vec<u8> {
+    StoredAuditEvent {
+        time_ms: event.time.timestamp_millis(),
+        application: event.application.clone(),
+        organisation: event.organisation.clone(),
+        end_user: event.end_user.clone(),
+        purpose: event.purpose.clone(),
+        operation: event.operation.clone(),
+        nhs_number: event.nhs_number.as_u64(),
+        pointer_ids: event.pointer_ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
+        outcome: event.outcome.clone(),
+        break_glass: event.break_glass,
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_event(cursor: String, bytes: &[u8]) -> Result<AuditEvent, StoreError> {
+    let stored = StoredAuditEvent::decode(bytes).map_err(corrupt("audit event"))?;
+    Ok(AuditEvent {
+        cursor: Some(cursor),
+        time: millis(stored.time_ms)?,
+        application: stored.application,
+        organisation: stored.organisation,
+        end_user: stored.end_user,
+        purpose: stored.purpose,
+        operation: stored.operation,
+        nhs_number: NhsNumber::parse(&format!("{:010}", stored.nhs_number)).map_err(corrupt("audit NHS number"))?,
+        pointer_ids: stored.pointer_ids.iter().map(|b| id_from(b)).collect::<Result<_, _>>()?,
+        outcome: stored.outcome,
+        break_glass: stored.break_glass,
+    })
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredChange {
+    #[prost(uint32, tag = "1")]
+    kind: u32,
+    #[prost(uint64, tag = "2")]
+    nhs_number: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    id: Vec<u8>,
+    /// The stored pointer value (version ‖ message).
+    #[prost(bytes = "vec", tag = "4")]
+    value: Vec<u8>,
+}
+
+const CHANGE_KINDS: [ChangeKind; 4] =
+    [ChangeKind::Created, ChangeKind::Updated, ChangeKind::Superseded, ChangeKind::Deleted];
+
+pub fn encode_change(change: &Change) -> Vec<u8> {
+    StoredChange {
+        kind: position(&CHANGE_KINDS, &change.kind),
+        nhs_number: change.pointer.draft.nhs_number.as_u64(),
+        id: change.pointer.id.as_bytes().to_vec(),
+        value: encode(&change.pointer),
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_change(cursor: String, bytes: &[u8], catalogue: &PointerTypeCatalogue) -> Result<Change, StoreError> {
+    let stored = StoredChange::decode(bytes).map_err(corrupt("change"))?;
+    let nhs = NhsNumber::parse(&format!("{:010}", stored.nhs_number)).map_err(corrupt("change NHS number"))?;
+    Ok(Change {
+        cursor: Some(cursor),
+        kind: at(&CHANGE_KINDS, stored.kind, "change kind")?,
+        pointer: decode(nhs, &stored.id, &stored.value, catalogue)?,
+    })
+}
+
+/// An index entry's value: `region|type|updated ms`.
+pub fn encode_index_entry(entry: &crate::store::federation::IndexEntry) -> String {
+    format!("{}|{}|{}", entry.region, entry.pointer_type.code, entry.updated_at.timestamp_millis())
+}
+
+pub fn decode_index_entry(
+    id: &[u8],
+    value: &str,
+    catalogue: &PointerTypeCatalogue,
+) -> Result<crate::store::federation::IndexEntry, StoreError> {
+    let mut parts = value.splitn(3, '|');
+    let (Some(region), Some(code), Some(ms)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(StoreError::Corrupt("index entry".into()));
+    };
+    let pointer_type = match catalogue.pointer_type(code) {
+        Ok(t) => t.coding.clone(),
+        Err(_) => Coding { code: code.to_string(), display: code.to_string() },
+    };
+    Ok(crate::store::federation::IndexEntry {
+        id: id_from(id)?,
+        region: RegionCode::parse(region).ok_or_else(|| StoreError::Corrupt("index region".into()))?,
+        pointer_type,
+        updated_at: millis(ms.parse().map_err(corrupt("index time"))?)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fixtures::pointer;
+    use chrono::TimeZone;
+
+    #[test]
+    fn pointers_round_trip_exactly() {
+        let catalogue = PointerTypeCatalogue::default_catalogue();
+        let mut p = pointer("9434765919", "QWO", "RR8", "736253002");
+        p.draft.author = OdsCode::parse("Y05868").ok();
+        p.draft.practice_setting = Some(Coding { code: "390826005".into(), display: "Mental health".into() });
+        p.draft.document_date = Utc.timestamp_opt(1_700_000_000, 123_456_789).single();
+        p.draft.producer_reference = ProducerReference::parse("DOC-1").ok();
+        p.status = PointerStatus::Superseded;
+        p.superseded_by = Some(pointer("9434765919", "QWO", "RR8", "736253002").id);
+        p.supersedes = vec![pointer("9434765919", "QWO", "RR8", "736253002").id];
+        p.version = 7;
+        let value = encode(&p);
+        assert_eq!(&value[..8], &7u64.to_be_bytes());
+        let back = decode(p.draft.nhs_number, p.id.as_bytes(), &value, &catalogue).expect("decodes");
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn a_typical_pointer_is_compact() {
+        let mut p = pointer("9434765919", "QWO", "RR8", "736253002");
+        p.draft.producer_reference = ProducerReference::parse("QWO-RR8-0000000001").ok();
+        let len = encode(&p).len();
+        assert!(len <= 120, "a typical pointer encodes to {len} bytes");
+    }
+
+    #[test]
+    fn garbage_is_reported_not_panicked() {
+        let catalogue = PointerTypeCatalogue::default_catalogue();
+        let nhs = NhsNumber::parse("9434765919").expect("valid");
+        for value in [&b""[..], &b"short"[..], &[0u8; 8][..], &[0xff; 40][..]] {
+            assert!(decode(nhs, &[0; 16], value, &catalogue).is_err(), "{value:?}");
+        }
+        assert!(decode(nhs, &[0; 3], &encode(&pointer("9434765919", "QWO", "RR8", "736253002")), &catalogue).is_err());
+    }
+}

@@ -1,0 +1,75 @@
+//! The Lua scripts. Each runs atomically on the node owning the patient's slot; every key it
+//! touches is one of the patient's (same hash tag), so the scripts are valid on Redis Cluster.
+
+use redis::Script;
+use std::sync::LazyLock;
+
+/// Applies one `PatientWrite`: all conditions, then all deletes, then all puts, or nothing.
+///
+/// KEYS: 1 = the patient's hash (pointers and reference entries); 2 = the change feed stream
+///       (standalone Redis only: on a cluster it lives in another slot and is not passed).
+/// ARGV: n, then n × (kind, a, b) conditions: `A` id (absent), `V` id version8 (at version),
+///       `R` field (reference free); then n, then n × (id, ref-field or "") deletes; then n, then
+///       n × (id, value, ref-field or "") puts; then n, and when n > 0 the feed's MAXLEN (exact,
+///       so a follower's cursor is out of range exactly when the retention says) and n encoded changes to append to the feed, in the same atomic step.
+/// Returns 1 when applied, 0 when a condition failed (nothing written).
+pub static APPLY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local p = KEYS[1]
+local i = 1
+local function take()
+  local v = ARGV[i]
+  i = i + 1
+  return v
+end
+for _ = 1, tonumber(take()) do
+  local kind, a, b = take(), take(), take()
+  if kind == 'A' then
+    if redis.call('HEXISTS', p, a) == 1 then return 0 end
+  elseif kind == 'V' then
+    local v = redis.call('HGET', p, a)
+    if not v or string.sub(v, 1, 8) ~= b then return 0 end
+  elseif kind == 'R' then
+    if redis.call('HEXISTS', p, a) == 1 then return 0 end
+  else
+    return redis.error_reply('nrl: unknown condition ' .. tostring(kind))
+  end
+end
+for _ = 1, tonumber(take()) do
+  local id, ref = take(), take()
+  redis.call('HDEL', p, id)
+  if ref ~= '' and redis.call('HGET', p, ref) == id then redis.call('HDEL', p, ref) end
+end
+for _ = 1, tonumber(take()) do
+  local id, value, ref = take(), take(), take()
+  redis.call('HSET', p, id, value)
+  if ref ~= '' then redis.call('HSET', p, ref, id) end
+end
+local changes = tonumber(take())
+if changes > 0 then
+  local maxlen = take()
+  for _ = 1, changes do
+    redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, '*', 'e', take())
+  end
+end
+return 1
+"#,
+    )
+});
+
+/// Reads the pointer a reference names, in one round trip.
+///
+/// KEYS: 1 = the patient's hash. ARGV: 1 = reference field.
+/// Returns nil, or {id, value}.
+pub static BY_REFERENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if not id then return false end
+local value = redis.call('HGET', KEYS[1], id)
+if not value then return false end
+return {id, value}
+"#,
+    )
+});

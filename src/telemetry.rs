@@ -1,0 +1,229 @@
+//! Logging setup: structured tracing to stderr, as text or JSON (`NRL_LOG_FORMAT=json`), filtered
+//! by `RUST_LOG` (default `info`). NHS numbers never reach a log: `NhsNumber`'s Debug hides them
+//! and no handler logs request bodies.
+//!
+//! [`RequestIdLayer`] gives every gRPC call a request id and a span (`rpc`: method, request_id,
+//! caller_org), so every log line of the call carries them; the id goes back in `x-request-id`.
+
+use crate::metrics::ServedMethods;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::instrument::Instrumented;
+use tracing::Instrument;
+use tracing_subscriber::EnvFilter;
+
+pub fn init(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests, embedding) is harmless: keep the first subscriber.
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Response (and normalised request) metadata carrying the call's request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Accepted instead of `x-request-id` when that is absent.
+pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
+/// Longest request id taken from a caller; a longer one is replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The call's request id, in the request's extensions for handlers (and audit) to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(pub Arc<str>);
+
+/// The caller's `x-request-id` (else `x-correlation-id`) when it is usable, else a new UUIDv7.
+/// Usable: 1-128 characters from `A-Z a-z 0-9 - _ . : / + = @`, and not an NHS number (a caller
+/// using the patient as its correlation id must not put the patient in our logs).
+pub fn request_id(headers: &HeaderMap) -> Arc<str> {
+    [REQUEST_ID_HEADER, CORRELATION_ID_HEADER]
+        .iter()
+        .filter_map(|name| headers.get(*name)?.to_str().ok())
+        .map(str::trim)
+        .find(|id| usable_request_id(id))
+        .map(Arc::from)
+        .unwrap_or_else(|| Arc::from(uuid::Uuid::now_v7().to_string()))
+}
+
+fn usable_request_id(id: &str) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
+        && crate::domain::NhsNumber::parse(id).is_err()
+}
+
+/// Wraps the gRPC services: a request id and an `rpc` span per call. Outermost, so everything
+/// beneath (auth, metrics, handlers) logs inside the span.
+#[derive(Clone, Debug)]
+pub struct RequestIdLayer {
+    methods: Arc<ServedMethods>,
+}
+
+impl RequestIdLayer {
+    /// `methods` bounds the span's `method` field to paths the server serves.
+    pub fn new(methods: Arc<ServedMethods>) -> Self {
+        Self { methods }
+    }
+}
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService { inner, methods: self.methods.clone() }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RequestIdService<S> {
+    inner: S,
+    methods: Arc<ServedMethods>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestIdService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let id = request_id(request.headers());
+        // Only the characters checked above get here, so the header value is always valid.
+        let header = HeaderValue::from_str(&id).ok();
+        if let Some(header) = &header {
+            request.headers_mut().insert(REQUEST_ID_HEADER, header.clone());
+        }
+        let span = tracing::info_span!(
+            "rpc",
+            method = %self.methods.label(request.uri().path()),
+            request_id = %id,
+            caller_org = tracing::field::Empty,
+        );
+        request.extensions_mut().insert(RequestId(id));
+        let inner = span.in_scope(|| self.inner.call(request));
+        RequestIdFuture { inner: inner.instrument(span), header }
+    }
+}
+
+pin_project! {
+    pub struct RequestIdFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        header: Option<HeaderValue>,
+    }
+}
+
+impl<F, ResBody, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(header)) = (result.as_mut(), this.header.take()) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, header);
+        }
+        Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, HeaderValue::from_str(value).expect("header value"));
+        }
+        headers
+    }
+
+    #[test]
+    fn a_usable_caller_id_is_kept_else_one_is_generated() {
+        assert_eq!(&*request_id(&headers(&[(REQUEST_ID_HEADER, "req-42")])), "req-42");
+        assert_eq!(&*request_id(&headers(&[(CORRELATION_ID_HEADER, "corr:7")])), "corr:7");
+        assert_eq!(
+            &*request_id(&headers(&[(REQUEST_ID_HEADER, "mine"), (CORRELATION_ID_HEADER, "theirs")])),
+            "mine",
+            "x-request-id wins"
+        );
+        let long = "a".repeat(MAX_REQUEST_ID_LEN + 1);
+        for unusable in ["", "has space", "quote\"", long.as_str(), "9434765919", "943-476-5919"] {
+            let id = request_id(&headers(&[(REQUEST_ID_HEADER, unusable)]));
+            assert_ne!(&*id, unusable);
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{unusable:?} replaced by a UUID, got {id}");
+        }
+        assert!(uuid::Uuid::parse_str(&request_id(&HeaderMap::new())).is_ok());
+    }
+
+    /// Captures what the JSON formatter writes.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A handler that logs one line.
+    struct Handler;
+
+    impl Service<Request<()>> for Handler {
+        type Response = Response<()>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Response<()>, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<()>) -> Self::Future {
+            let seen = request.extensions().get::<RequestId>().map(|id| id.0.to_string());
+            tracing::info!(seen = ?seen, "handler ran");
+            std::future::ready(Ok(Response::new(())))
+        }
+    }
+
+    #[test]
+    fn json_log_lines_of_a_call_carry_its_method_and_request_id_and_the_answer_returns_it() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt().json().with_writer(move || writer.clone()).finish();
+        let mut service = RequestIdLayer::new(Arc::new(ServedMethods::from_descriptors())).layer(Handler);
+        let request = Request::builder()
+            .uri("/nrl.v1.PointerRegistry/GetPointer")
+            .header(CORRELATION_ID_HEADER, "corr-json-1")
+            .body(())
+            .expect("request");
+        let response =
+            tracing::subscriber::with_default(subscriber, || futures::executor::block_on(service.call(request)))
+                .expect("infallible");
+        assert_eq!(response.headers().get(REQUEST_ID_HEADER).map(|v| v.as_bytes()), Some(&b"corr-json-1"[..]));
+        let logged = String::from_utf8(capture.0.lock().expect("capture").clone()).expect("utf-8");
+        let line: serde_json::Value =
+            serde_json::from_str(logged.lines().next().expect("one line")).expect("a JSON log line");
+        assert_eq!(line["fields"]["message"], "handler ran");
+        assert_eq!(line["fields"]["seen"], r#"Some("corr-json-1")"#, "handlers find the id in the extensions");
+        assert_eq!(line["span"]["name"], "rpc");
+        assert_eq!(line["span"]["method"], "/nrl.v1.PointerRegistry/GetPointer");
+        assert_eq!(line["span"]["request_id"], "corr-json-1");
+    }
+}

@@ -1,0 +1,820 @@
+//! The access audit over a real socket, against the memory store and a real Redis: exactly one event
+//! per operation with who, why, what and the outcome; break-glass flagged only when a restricted
+//! patient's pointers were shown; the access log newest first and paged; the export stream in
+//! order, resumable and following; and a failed audit write failing the read (Redis).
+
+mod support;
+
+use nrl_registry::config::StoreConfig;
+use nrl_registry::proto::nrl::v1 as pb;
+use nrl_registry::proto::nrl::v1::batch_outcome::Result as BatchResult;
+use std::time::Duration;
+use support::auth::*;
+use support::fixtures::*;
+use support::redis::{RedisOptions, RedisServer};
+use support::TestServer;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Memory,
+    Redis,
+}
+
+struct Env {
+    server: TestServer,
+    redis: Option<RedisServer>,
+}
+
+impl Env {
+    /// A JWT-authenticated server on a fresh store (its own redis-server, so the export stream holds
+    /// only this test's events).
+    async fn start(backend: Backend) -> Env {
+        match backend {
+            Backend::Memory => {
+                Env { server: TestServer::start_with(jwt_server_config(StoreConfig::Memory)).await, redis: None }
+            }
+            Backend::Redis => {
+                let redis = tokio::task::spawn_blocking(|| RedisServer::start(RedisOptions::default()))
+                    .await
+                    .expect("start redis-server");
+                let server = TestServer::start_with(jwt_server_config(redis_store(&redis.url()))).await;
+                Env { server, redis: Some(redis) }
+            }
+        }
+    }
+
+    fn actor(
+        &self,
+        sub: &'static str,
+        org: &'static str,
+        roles: &[&str],
+        purpose: &'static str,
+        end_user: &'static str,
+    ) -> Actor {
+        self.actor_with_types(sub, org, roles, None, purpose, end_user)
+    }
+
+    fn actor_with_types(
+        &self,
+        sub: &'static str,
+        org: &'static str,
+        roles: &[&str],
+        types: Option<&[&str]>,
+        purpose: &'static str,
+        end_user: &'static str,
+    ) -> Actor {
+        let mut credentials = Credentials::bearer(&token(sub, org, roles, types)).without_purpose();
+        if !purpose.is_empty() {
+            credentials = credentials.purpose(purpose);
+        }
+        if !end_user.is_empty() {
+            credentials = credentials.end_user(end_user);
+        }
+        Actor { sub, org, purpose, end_user, c: Clients::new(&self.server.channel, credentials) }
+    }
+
+    fn auditor(&self) -> Actor {
+        self.actor("x26-auditor", "X26", &["auditor"], "audit", "auditor.smith")
+    }
+
+    async fn stop(self) {
+        self.server.stop().await.expect("server stops cleanly");
+        drop(self.redis);
+    }
+}
+
+/// A caller: its clients and what the audit should say about it.
+struct Actor {
+    sub: &'static str,
+    org: &'static str,
+    purpose: &'static str,
+    end_user: &'static str,
+    c: Clients,
+}
+
+/// The parts of an event a test can predict.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Seen {
+    operation: String,
+    outcome: String,
+    nhs_number: String,
+    pointer_ids: Vec<String>,
+    application: String,
+    organisation: String,
+    purpose: String,
+    end_user: String,
+    break_glass: bool,
+}
+
+fn seen(e: &pb::AuditEvent) -> Seen {
+    let mut pointer_ids = e.pointer_ids.clone();
+    pointer_ids.sort();
+    Seen {
+        operation: e.operation.clone(),
+        outcome: e.outcome.clone(),
+        nhs_number: e.nhs_number.clone(),
+        pointer_ids,
+        application: e.application.clone(),
+        organisation: e.organisation.clone(),
+        purpose: e.purpose.clone(),
+        end_user: e.end_user.clone(),
+        break_glass: e.break_glass,
+    }
+}
+
+/// An event without its cursor (the patient's log and the export number events independently).
+fn without_cursor(e: &pb::AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent { cursor: String::new(), ..e.clone() }
+}
+
+impl Actor {
+    fn expect(&self, operation: &str, outcome: &str, nhs: &str, ids: &[&str]) -> Seen {
+        let mut pointer_ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        pointer_ids.sort();
+        Seen {
+            operation: operation.into(),
+            outcome: outcome.into(),
+            nhs_number: nhs.into(),
+            pointer_ids,
+            application: self.sub.into(),
+            organisation: self.org.into(),
+            purpose: self.purpose.into(),
+            end_user: self.end_user.into(),
+            break_glass: false,
+        }
+    }
+
+    fn glass(&self, operation: &str, nhs: &str, ids: &[&str]) -> Seen {
+        Seen { break_glass: true, ..self.expect(operation, "OK", nhs, ids) }
+    }
+
+    async fn create(&mut self, pointer: pb::PointerInput) -> pb::Pointer {
+        self.c
+            .registry
+            .create_pointer(pb::CreatePointerRequest { pointer: Some(pointer) })
+            .await
+            .expect("create")
+            .into_inner()
+            .pointer
+            .expect("pointer")
+    }
+
+    async fn search(&mut self, nhs: &str) -> Result<Vec<String>, tonic::Status> {
+        let request = pb::SearchPointersRequest { query: Some(query(nhs)), ..Default::default() };
+        Ok(self.c.registry.search_pointers(request).await?.into_inner().pointers.into_iter().map(|p| p.id).collect())
+    }
+
+    async fn count(&mut self, nhs: &str) -> Result<u64, tonic::Status> {
+        Ok(self
+            .c
+            .registry
+            .count_pointers(pb::CountPointersRequest { query: Some(query(nhs)) })
+            .await?
+            .into_inner()
+            .count)
+    }
+
+    async fn locate(&mut self, nhs: &str) -> Result<usize, tonic::Status> {
+        Ok(self
+            .c
+            .locator
+            .locate_patient(pb::LocatePatientRequest { nhs_number: nhs.into() })
+            .await?
+            .into_inner()
+            .regions
+            .len())
+    }
+
+    async fn get(&mut self, id: &str) -> Result<pb::Pointer, tonic::Status> {
+        Ok(self
+            .c
+            .registry
+            .get_pointer(pb::GetPointerRequest { id: id.into() })
+            .await?
+            .into_inner()
+            .pointer
+            .expect("pointer"))
+    }
+
+    async fn access_log(
+        &mut self,
+        nhs: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<pb::GetAccessLogResponse, tonic::Status> {
+        let request = pb::GetAccessLogRequest { nhs_number: nhs.into(), page_size, page_token: page_token.into() };
+        Ok(self.c.audit.get_access_log(request).await?.into_inner())
+    }
+
+    async fn restrict(&mut self, nhs: &str, restricted: bool) {
+        self.c
+            .admin
+            .set_restriction(pb::SetRestrictionRequest { nhs_number: nhs.into(), restricted })
+            .await
+            .expect("set restriction");
+    }
+}
+
+/// Reads the export from where it last stopped.
+struct Tail {
+    auditor: Actor,
+    cursor: String,
+}
+
+impl Tail {
+    async fn new(env: &Env) -> Tail {
+        let mut tail = Tail { auditor: env.auditor(), cursor: String::new() };
+        tail.take().await;
+        tail
+    }
+
+    /// Every event written since the last call, oldest first.
+    async fn take(&mut self) -> Vec<pb::AuditEvent> {
+        let events = self.auditor.c.export(&self.cursor).await.expect("auditor reads the export");
+        let now = now();
+        for e in &events {
+            assert!(!e.cursor.is_empty(), "every exported event has a cursor: {e:?}");
+            let at = e.time.as_ref().map(|t| t.seconds).unwrap_or_default();
+            assert!((now - 120..=now + 5).contains(&at), "event time {at} is not about now ({now}): {e:?}");
+        }
+        if let Some(last) = events.last() {
+            self.cursor = last.cursor.clone();
+        }
+        events
+    }
+
+    async fn seen(&mut self) -> Vec<Seen> {
+        self.take().await.iter().map(seen).collect()
+    }
+}
+
+fn assert_code<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>, code: Code) {
+    match result {
+        Err(status) => assert_eq!(status.code(), code, "{what}: {status:?}"),
+        Ok(value) => panic!("{what}: expected {code:?}, got {value:?}"),
+    }
+}
+
+/// Orders a cursor of either store (memory: a position; Redis: `ms-seq`).
+fn cursor_key(cursor: &str) -> (u64, u64) {
+    match cursor.split_once('-') {
+        Some((ms, seq)) => (ms.parse().expect("cursor ms"), seq.parse().expect("cursor seq")),
+        None => (cursor.parse().expect("cursor position"), 0),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn each_operation_leaves_exactly_the_expected_event(backend: Backend) {
+    let env = Env::start(backend).await;
+    let mut tail = Tail::new(&env).await;
+    let mut producer = env.actor("qwo-shared-care", "RR8", &["producer"], "administration", "loader-7");
+    let mut consumer = env.actor("ra7-viewer", "RA7", &["consumer"], "direct-care", "dr.jones");
+    let mut narrow = env.actor_with_types("ra7-news2", "RA7", &["consumer"], Some(&[NEWS2]), "direct-care", "nurse.k");
+    let mut no_purpose = env.actor("ra7-silent", "RA7", &["consumer"], "", "");
+    let mut admin = env.actor("x26-admin", "X26", &["admin"], "administration", "admin.a");
+    let mut portal = env.actor("nhs-app", "X26", &["portal"], "patient-request", "the-patient");
+    let p = new_patient();
+
+    let a = producer.create(input(&p, "QWO", "RR8", CRISIS_PLAN)).await;
+    assert_eq!(tail.seen().await, vec![producer.expect("CreatePointer", "OK", &p, &[&a.id])], "create");
+    let b = producer.create(input(&p, "QE1", "RR8", NEWS2)).await;
+    assert_eq!(tail.seen().await, vec![producer.expect("CreatePointer", "OK", &p, &[&b.id])], "create");
+
+    consumer.get(&a.id).await.expect("get");
+    assert_eq!(tail.seen().await, vec![consumer.expect("GetPointer", "OK", &p, &[&a.id])], "get");
+    assert_eq!(consumer.search(&p).await.expect("search").len(), 2);
+    assert_eq!(tail.seen().await, vec![consumer.expect("SearchPointers", "OK", &p, &[&a.id, &b.id])], "search");
+    assert_eq!(consumer.count(&p).await.expect("count"), 2);
+    assert_eq!(tail.seen().await, vec![consumer.expect("CountPointers", "OK", &p, &[])], "count");
+    assert_eq!(consumer.locate(&p).await.expect("locate"), 2);
+    assert_eq!(tail.seen().await, vec![consumer.expect("LocatePatient", "OK", &p, &[&a.id, &b.id])], "locate");
+
+    let mut changed = input(&p, "QWO", "RR8", CRISIS_PLAN);
+    changed.content = a.content.clone();
+    changed.content[0].url = "https://qwo.example.nhs.uk/records/v2".into();
+    producer
+        .c
+        .registry
+        .update_pointer(pb::UpdatePointerRequest { id: a.id.clone(), version: 1, pointer: Some(changed) })
+        .await
+        .expect("update");
+    assert_eq!(tail.seen().await, vec![producer.expect("UpdatePointer", "OK", &p, &[&a.id])], "update");
+
+    let c = producer
+        .c
+        .registry
+        .supersede_pointer(pb::SupersedePointerRequest {
+            pointer: Some(input(&p, "QE1", "RR8", NEWS2)),
+            supersedes: vec![b.id.clone()],
+        })
+        .await
+        .expect("supersede")
+        .into_inner()
+        .pointer
+        .expect("pointer");
+    assert_eq!(tail.seen().await, vec![producer.expect("SupersedePointer", "OK", &p, &[&c.id, &b.id])], "supersede");
+
+    producer
+        .c
+        .registry
+        .delete_pointer(pb::DeletePointerRequest { id: a.id.clone(), version: 0 })
+        .await
+        .expect("delete");
+    assert_eq!(tail.seen().await, vec![producer.expect("DeletePointer", "OK", &p, &[&a.id])], "delete");
+
+    // A batch: one event per entry that names a parsable patient, none for the others.
+    let outcomes = producer
+        .c
+        .registry
+        .batch_create_pointers(pb::BatchCreatePointersRequest {
+            pointers: vec![
+                input(&p, "QWO", "RR8", CRISIS_PLAN),
+                input("123", "QWO", "RR8", CRISIS_PLAN),
+                input(&p, "ZZZ", "RR8", CRISIS_PLAN),
+                input(&p, "QWO", "RA7", CRISIS_PLAN),
+            ],
+        })
+        .await
+        .expect("batch")
+        .into_inner()
+        .outcomes;
+    let d = match outcomes.first().and_then(|o| o.result.clone()) {
+        Some(BatchResult::Created(pointer)) => pointer,
+        other => panic!("first entry should be created: {other:?}"),
+    };
+    let mut batch = tail.seen().await;
+    batch.sort();
+    let mut want = vec![
+        producer.expect("BatchCreatePointers", "OK", &p, &[&d.id]),
+        producer.expect("BatchCreatePointers", "PERMISSION_DENIED", &p, &[]),
+    ];
+    want.sort();
+    assert_eq!(batch, want, "batch: the valid and the refused entry, not the invalid ones");
+
+    // Refusals are recorded, with the refusal as the outcome and nothing returned.
+    let err = consumer
+        .c
+        .registry
+        .create_pointer(pb::CreatePointerRequest { pointer: Some(input(&p, "QWO", "RA7", CRISIS_PLAN)) })
+        .await
+        .expect_err("consumers cannot create");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        tail.seen().await,
+        vec![consumer.expect("CreatePointer", "PERMISSION_DENIED", &p, &[])],
+        "denied create"
+    );
+    assert_code("narrow get", narrow.get(&d.id).await, Code::NotFound);
+    assert_eq!(tail.seen().await, vec![narrow.expect("GetPointer", "NOT_FOUND", &p, &[])], "invisible get");
+    let explicit = pb::SearchPointersRequest {
+        query: Some(pb::PointerQuery { types: vec![CRISIS_PLAN.into()], ..query(&p) }),
+        ..Default::default()
+    };
+    assert_code("explicit type", narrow.c.registry.search_pointers(explicit).await, Code::PermissionDenied);
+    assert_eq!(tail.seen().await, vec![narrow.expect("SearchPointers", "PERMISSION_DENIED", &p, &[])], "explicit type");
+    assert_code("no purpose", no_purpose.search(&p).await, Code::InvalidArgument);
+    assert_eq!(tail.seen().await, vec![no_purpose.expect("SearchPointers", "INVALID_ARGUMENT", &p, &[])], "no purpose");
+
+    // Patient administration and the access log.
+    admin.restrict(&p, true).await;
+    assert_eq!(tail.seen().await, vec![admin.expect("SetRestriction", "OK", &p, &[])], "restrict");
+    admin.c.admin.get_restriction(pb::GetRestrictionRequest { nhs_number: p.clone() }).await.expect("get restriction");
+    assert_eq!(tail.seen().await, vec![admin.expect("GetRestriction", "OK", &p, &[])], "get restriction");
+    admin.restrict(&p, false).await;
+    assert_eq!(tail.seen().await, vec![admin.expect("SetRestriction", "OK", &p, &[])], "unrestrict");
+    tail.auditor.access_log(&p, 0, "").await.expect("auditor reads the log");
+    let auditor_read = tail.auditor.expect("GetAccessLog", "OK", &p, &[]);
+    assert_eq!(tail.seen().await, vec![auditor_read], "access log");
+    portal.access_log(&p, 0, "").await.expect("portal reads the log");
+    assert_eq!(tail.seen().await, vec![portal.expect("GetAccessLog", "OK", &p, &[])], "portal");
+    assert_code("consumer access log", consumer.access_log(&p, 0, "").await, Code::PermissionDenied);
+    assert_eq!(tail.seen().await, vec![consumer.expect("GetAccessLog", "PERMISSION_DENIED", &p, &[])], "denied log");
+
+    // Requests without a parsable NHS number (or without credentials) leave nothing.
+    let bad_check = format!("{}{}", &p[..9], (p.as_bytes()[9] - b'0' + 1) % 10);
+    let pc = &mut producer.c;
+    assert_code(
+        "create",
+        pc.registry
+            .create_pointer(pb::CreatePointerRequest { pointer: Some(input("123", "QWO", "RR8", CRISIS_PLAN)) })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        "create",
+        pc.registry.create_pointer(pb::CreatePointerRequest { pointer: None }).await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        "supersede",
+        pc.registry
+            .supersede_pointer(pb::SupersedePointerRequest {
+                pointer: Some(input(&bad_check, "QE1", "RR8", NEWS2)),
+                supersedes: vec![c.id.clone()],
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        "update",
+        pc.registry
+            .update_pointer(pb::UpdatePointerRequest {
+                id: "nope".into(),
+                version: 1,
+                pointer: Some(input(&p, "QWO", "RR8", CRISIS_PLAN)),
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        "delete",
+        pc.registry.delete_pointer(pb::DeletePointerRequest { id: "nope".into(), version: 0 }).await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        "batch",
+        pc.registry
+            .batch_create_pointers(pb::BatchCreatePointersRequest {
+                pointers: vec![input("1234567890", "QWO", "RR8", CRISIS_PLAN)],
+            })
+            .await
+            .map(|r| {
+                let outcome = r.into_inner().outcomes.remove(0);
+                assert!(matches!(outcome.result, Some(BatchResult::Error(_))), "{outcome:?}");
+                Err::<(), _>(tonic::Status::invalid_argument("entry refused"))
+            })
+            .and_then(|r| r),
+        Code::InvalidArgument,
+    );
+    assert_code("search", consumer.search("not-a-number").await, Code::InvalidArgument);
+    assert_code("count", consumer.count("").await, Code::InvalidArgument);
+    assert_code("locate", consumer.locate(&bad_check).await, Code::InvalidArgument);
+    assert_code("get", consumer.get("garbage").await, Code::InvalidArgument);
+    assert_code("log", tail.auditor.access_log("12345", 0, "").await, Code::InvalidArgument);
+    assert_code(
+        "restrict",
+        admin.c.admin.set_restriction(pb::SetRestrictionRequest { nhs_number: "0".into(), restricted: true }).await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        "restriction",
+        admin.c.admin.get_restriction(pb::GetRestrictionRequest { nhs_number: "abc".into() }).await,
+        Code::InvalidArgument,
+    );
+    let mut anonymous = Clients::new(&env.server.channel, Credentials::anonymous());
+    assert_code(
+        "unauthenticated",
+        anonymous.registry.count_pointers(pb::CountPointersRequest { query: Some(query(&p)) }).await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(tail.seen().await, vec![], "invalid and unauthenticated requests leave no event");
+    env.stop().await;
+}
+
+/// An UpdatePointer naming an id that is not a pointer of this registry must not put an event in
+/// some other patient's access log. (A pointer id decodes to *some* NHS number with the registry's
+/// key; for an id that was never issued, that is an arbitrary, unrelated patient.)
+async fn unknown_ids_leave_no_event_against_an_unrelated_patient(backend: Backend) {
+    let env = Env::start(backend).await;
+    let mut tail = Tail::new(&env).await;
+    let mut producer = env.actor("qwo-shared-care", "RR8", &["producer"], "administration", "");
+    let mut consumer = env.actor("ra7-viewer", "RA7", &["consumer"], "direct-care", "");
+    let p = new_patient();
+    // About 1 in 20 random ids decodes to a valid NHS number; 100 rounds of two updates each miss
+    // all of them with probability ~0.95^200 ≈ 4e-5.
+    for round in 0..100 {
+        let id = uuid::Uuid::from_u128(rand::random::<u128>()).to_string();
+        let update = pb::UpdatePointerRequest {
+            id: id.clone(),
+            version: 1,
+            pointer: Some(input(&p, "QWO", "RR8", CRISIS_PLAN)),
+        };
+        assert_code("producer update", producer.c.registry.update_pointer(update.clone()).await, Code::NotFound);
+        let refused = consumer.c.registry.update_pointer(update).await.expect_err("consumers cannot update");
+        assert!(matches!(refused.code(), Code::PermissionDenied | Code::NotFound), "consumer update: {refused:?}");
+        if round % 10 == 0 {
+            assert_code(
+                "delete",
+                producer.c.registry.delete_pointer(pb::DeletePointerRequest { id: id.clone(), version: 0 }).await,
+                Code::NotFound,
+            );
+            assert_code("get", consumer.get(&id).await, Code::NotFound);
+        }
+    }
+    let events = tail.seen().await;
+    let strays: Vec<&Seen> = events.iter().filter(|e| e.nhs_number != p).collect();
+    assert!(
+        strays.is_empty(),
+        "{} of {} events name a patient the request never mentioned (first: {:?})",
+        strays.len(),
+        events.len(),
+        strays.first()
+    );
+    env.stop().await;
+}
+
+async fn break_glass_is_flagged_only_when_a_restricted_patients_pointers_are_shown(backend: Backend) {
+    let env = Env::start(backend).await;
+    let mut tail = Tail::new(&env).await;
+    let mut producer = env.actor("qwo-shared-care", "RR8", &["producer"], "administration", "");
+    let mut admin = env.actor("x26-admin", "X26", &["admin"], "administration", "");
+    let mut direct = env.actor("ra7-viewer", "RA7", &["consumer"], "direct-care", "dr.jones");
+    let mut glass = env.actor("ra7-viewer", "RA7", &["consumer"], "emergency", "dr.jones");
+    let mut glass_narrow =
+        env.actor_with_types("ra7-ehcp", "RA7", &["consumer"], Some(&["887701000000100"]), "emergency", "dr.who");
+    let restricted = new_patient();
+    let open = new_patient();
+    let empty = new_patient();
+    let r1 = producer.create(input(&restricted, "QWO", "RR8", CRISIS_PLAN)).await;
+    let r2 = producer.create(input(&restricted, "QE1", "RR8", NEWS2)).await;
+    let o1 = producer.create(input(&open, "QWO", "RR8", CRISIS_PLAN)).await;
+    admin.restrict(&restricted, true).await;
+    admin.restrict(&empty, true).await;
+    tail.take().await;
+
+    assert!(direct.search(&restricted).await.expect("search").is_empty());
+    assert_eq!(direct.count(&restricted).await.expect("count"), 0);
+    assert_eq!(direct.locate(&restricted).await.expect("locate"), 0);
+    assert_code("direct get", direct.get(&r1.id).await, Code::NotFound);
+    assert_eq!(
+        tail.seen().await,
+        vec![
+            direct.expect("SearchPointers", "OK", &restricted, &[]),
+            direct.expect("CountPointers", "OK", &restricted, &[]),
+            direct.expect("LocatePatient", "OK", &restricted, &[]),
+            direct.expect("GetPointer", "NOT_FOUND", &restricted, &[]),
+        ],
+        "restricted, direct care: nothing shown, nothing flagged"
+    );
+
+    assert_eq!(glass.search(&restricted).await.expect("search").len(), 2);
+    assert_eq!(glass.count(&restricted).await.expect("count"), 2);
+    assert_eq!(glass.locate(&restricted).await.expect("locate"), 2);
+    assert_eq!(glass.get(&r2.id).await.expect("get").id, r2.id);
+    assert_eq!(
+        tail.seen().await,
+        vec![
+            glass.glass("SearchPointers", &restricted, &[&r1.id, &r2.id]),
+            glass.glass("CountPointers", &restricted, &[]),
+            glass.glass("LocatePatient", &restricted, &[&r1.id, &r2.id]),
+            glass.glass("GetPointer", &restricted, &[&r2.id]),
+        ],
+        "restricted, emergency: break-glass flagged on every read that showed pointers"
+    );
+
+    assert_eq!(glass.search(&open).await.expect("search"), vec![o1.id.clone()]);
+    assert_eq!(glass.count(&open).await.expect("count"), 1);
+    assert!(glass.search(&empty).await.expect("search").is_empty());
+    assert_eq!(glass.locate(&empty).await.expect("locate"), 0);
+    assert!(glass_narrow.search(&restricted).await.expect("search").is_empty());
+    assert_eq!(glass_narrow.count(&restricted).await.expect("count"), 0);
+    let explicit =
+        pb::CountPointersRequest { query: Some(pb::PointerQuery { types: vec![NEWS2.into()], ..query(&restricted) }) };
+    assert_code("explicit", glass_narrow.c.registry.count_pointers(explicit).await, Code::PermissionDenied);
+    assert_eq!(
+        tail.seen().await,
+        vec![
+            glass.expect("SearchPointers", "OK", &open, &[&o1.id]),
+            glass.expect("CountPointers", "OK", &open, &[]),
+            glass.expect("SearchPointers", "OK", &empty, &[]),
+            glass.expect("LocatePatient", "OK", &empty, &[]),
+            glass_narrow.expect("SearchPointers", "OK", &restricted, &[]),
+            glass_narrow.expect("CountPointers", "OK", &restricted, &[]),
+            glass_narrow.expect("CountPointers", "PERMISSION_DENIED", &restricted, &[]),
+        ],
+        "emergency without a restricted patient's pointers shown: not break-glass"
+    );
+    env.stop().await;
+}
+
+async fn access_log_is_newest_first_pages_exactly_once_and_is_itself_recorded(backend: Backend) {
+    let env = Env::start(backend).await;
+    let mut producer = env.actor("qwo-shared-care", "RR8", &["producer"], "administration", "");
+    let mut consumer = env.actor("ra7-viewer", "RA7", &["consumer"], "direct-care", "dr.jones");
+    let mut auditor = env.auditor();
+    let mut portal = env.actor("nhs-app", "X26", &["portal"], "patient-request", "the-patient");
+    let p = new_patient();
+    let other = new_patient();
+    producer.create(input(&p, "QWO", "RR8", CRISIS_PLAN)).await;
+    producer.create(input(&other, "QWO", "RR8", CRISIS_PLAN)).await;
+    for _ in 0..6 {
+        consumer.count(&p).await.expect("count");
+        consumer.count(&other).await.expect("count");
+    }
+    let of_patient = |events: Vec<pb::AuditEvent>| events.into_iter().filter(|e| e.nhs_number == p).collect::<Vec<_>>();
+    let before = of_patient(auditor.c.export("").await.expect("export"));
+    assert_eq!(before.len(), 7, "one create and six counts of this patient");
+
+    // Page through: newest first, every event exactly once, nothing of another patient.
+    let mut collected: Vec<pb::AuditEvent> = Vec::new();
+    let mut sizes = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = auditor.access_log(&p, 3, &token).await.expect("access log page");
+        sizes.push(page.events.len());
+        collected.extend(page.events);
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+        assert!(sizes.len() < 10, "paging never ends: {sizes:?}");
+    }
+    assert_eq!(sizes, vec![3, 3, 1], "pages of 3 over 7 events");
+    let newest_first: Vec<pb::AuditEvent> = before.iter().rev().map(without_cursor).collect();
+    assert_eq!(collected.iter().map(without_cursor).collect::<Vec<_>>(), newest_first, "newest first, each once");
+    let mut cursors: Vec<&str> = collected.iter().map(|e| e.cursor.as_str()).collect();
+    cursors.sort();
+    cursors.dedup();
+    assert_eq!(cursors.len(), collected.len(), "distinct cursors");
+    let times: Vec<(i64, i32)> =
+        collected.iter().map(|e| e.time.map(|t| (t.seconds, t.nanos)).unwrap_or_default()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "times never increase: {times:?}");
+
+    // Reading the log is itself recorded: one event per page read, by the auditor.
+    let after = of_patient(auditor.c.export("").await.expect("export"));
+    let reads: Vec<Seen> = after[before.len()..].iter().map(seen).collect();
+    let read = auditor.expect("GetAccessLog", "OK", &p, &[]);
+    assert_eq!(reads, vec![read.clone(), read.clone(), read.clone()], "three page reads recorded");
+
+    // The portal may read it too (and sees the auditor's reads first); a consumer may not.
+    let portal_view = portal.access_log(&p, 0, "").await.expect("portal reads the log");
+    assert_eq!(portal_view.events.len(), 10, "7 events and 3 reads");
+    assert_eq!(seen(&portal_view.events[0]), read, "newest first");
+    assert!(portal_view.next_page_token.is_empty());
+    assert_code("consumer", consumer.access_log(&p, 0, "").await, Code::PermissionDenied);
+    for role in ["producer", "admin", "peer"] {
+        let mut c = env.actor("someone", "RR8", &[role], "audit", "");
+        assert_code(role, c.access_log(&p, 0, "").await, Code::PermissionDenied);
+    }
+    let last = of_patient(auditor.c.export("").await.expect("export"));
+    let refused: Vec<String> = last[after.len()..].iter().map(|e| format!("{}:{}", e.operation, e.outcome)).collect();
+    assert_eq!(refused[0], "GetAccessLog:OK", "the portal's read");
+    assert_eq!(refused[1..], vec!["GetAccessLog:PERMISSION_DENIED".to_string(); 4], "refused reads are recorded too");
+
+    let err = auditor.access_log(&p, 3, "not-a-page-token").await.expect_err("bad token");
+    assert_field_error(&err, Code::InvalidArgument, "page_token");
+    let err = auditor.access_log(&p, -1, "").await.expect_err("negative page size");
+    assert_field_error(&err, Code::InvalidArgument, "page_size");
+    env.stop().await;
+}
+
+async fn export_streams_every_event_in_order_resumes_and_follows(backend: Backend) {
+    let env = Env::start(backend).await;
+    let mut producer = env.actor("qwo-shared-care", "RR8", &["producer"], "administration", "");
+    let mut consumer = env.actor("ra7-viewer", "RA7", &["consumer"], "direct-care", "dr.jones");
+    let mut auditor = env.auditor();
+    let p = new_patient();
+    for region in ["QWO", "QE1", "QF7"] {
+        producer.create(input(&p, region, "RR8", CRISIS_PLAN)).await;
+    }
+    consumer.search(&p).await.expect("search");
+    consumer.count(&p).await.expect("count");
+
+    let all = auditor.c.export("").await.expect("export");
+    let operations: Vec<&str> = all.iter().map(|e| e.operation.as_str()).collect();
+    assert_eq!(
+        operations,
+        ["CreatePointer", "CreatePointer", "CreatePointer", "SearchPointers", "CountPointers"],
+        "oldest first"
+    );
+    let keys: Vec<(u64, u64)> = all.iter().map(|e| cursor_key(&e.cursor)).collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "cursors strictly increase: {keys:?}");
+    assert_eq!(
+        auditor.c.export(&all[1].cursor).await.expect("resume"),
+        all[2..].to_vec(),
+        "resume gives exactly the rest"
+    );
+    assert_eq!(auditor.c.export(&all[4].cursor).await.expect("resume at the end"), vec![], "nothing after the last");
+
+    // Following: an event written after the stream opened arrives.
+    let mut follow = auditor
+        .c
+        .audit
+        .stream_audit_events(pb::StreamAuditEventsRequest { after: all[4].cursor.clone(), follow: true })
+        .await
+        .expect("follow")
+        .into_inner();
+    let quiet = tokio::time::timeout(Duration::from_millis(600), follow.next()).await;
+    assert!(quiet.is_err(), "nothing new yet: {quiet:?}");
+    consumer.locate(&p).await.expect("locate");
+    let next = tokio::time::timeout(Duration::from_secs(10), follow.next())
+        .await
+        .expect("the new event arrives within 10 s")
+        .expect("the stream stays open")
+        .expect("an event");
+    assert_eq!(
+        seen(&next),
+        consumer.expect("LocatePatient", "OK", &p, &[]).pointer_ids_from(&all),
+        "the followed event"
+    );
+    assert!(cursor_key(&next.cursor) > cursor_key(&all[4].cursor));
+    drop(follow);
+
+    // More than one export batch (500): every event exactly once, in order.
+    let batch: Vec<pb::PointerInput> = (0..600).map(|_| input(&p, "QWO", "RR8", CRISIS_PLAN)).collect();
+    let outcomes = producer
+        .c
+        .registry
+        .batch_create_pointers(pb::BatchCreatePointersRequest { pointers: batch })
+        .await
+        .expect("batch of 600")
+        .into_inner()
+        .outcomes;
+    assert!(outcomes.iter().all(|o| matches!(o.result, Some(BatchResult::Created(_)))));
+    let everything = auditor.c.export("").await.expect("export");
+    assert_eq!(everything.len(), 606);
+    let keys: Vec<(u64, u64)> = everything.iter().map(|e| cursor_key(&e.cursor)).collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "cursors strictly increase over batches");
+    assert_eq!(auditor.c.export(&everything[99].cursor).await.expect("resume").len(), 506);
+
+    // Only auditors export; a malformed cursor is refused naming `after`.
+    for role in ["consumer", "portal", "admin", "producer", "peer"] {
+        let mut c = env.actor("someone", "RR8", &[role], "audit", "");
+        let err = c.c.export("").await.expect_err(role);
+        assert_eq!(err.code(), Code::PermissionDenied, "{role}: {err:?}");
+    }
+    for bad in ["not-a-cursor", "1-", "-1", "abc-def", "1.5", "🦀"] {
+        let err = auditor.c.export(bad).await.expect_err(bad);
+        assert_field_error(&err, Code::InvalidArgument, "after");
+    }
+    env.stop().await;
+}
+
+impl Seen {
+    /// The LocatePatient event names the current pointers: the three created before.
+    fn pointer_ids_from(mut self, created: &[pb::AuditEvent]) -> Seen {
+        let mut ids: Vec<String> =
+            created.iter().filter(|e| e.operation == "CreatePointer").flat_map(|e| e.pointer_ids.clone()).collect();
+        ids.sort();
+        self.pointer_ids = ids;
+        self
+    }
+}
+
+/// Redis only: the export stream is made unwritable (`nrl:audit` becomes a string, so XADD fails
+/// with WRONGTYPE). Every read then fails UNAVAILABLE and shows nothing; mending it mends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_audit_write_fails_the_read() {
+    let env = Env::start(Backend::Redis).await;
+    let redis = env.redis.as_ref().expect("redis");
+    let mut producer = env.actor("qwo-shared-care", "RR8", &["producer"], "administration", "");
+    let mut consumer = env.actor("ra7-viewer", "RA7", &["consumer"], "direct-care", "dr.jones");
+    let mut auditor = env.auditor();
+    let p = new_patient();
+    let a = producer.create(input(&p, "QWO", "RR8", CRISIS_PLAN)).await;
+    assert_eq!(consumer.search(&p).await.expect("search"), vec![a.id.clone()]);
+
+    assert_eq!(redis.cli(&["SET", "nrl:audit", "not-a-stream"]).trim(), "OK");
+    assert_code("search", consumer.search(&p).await, Code::Unavailable);
+    assert_code("get", consumer.get(&a.id).await, Code::Unavailable);
+    assert_code("count", consumer.count(&p).await, Code::Unavailable);
+    assert_code("locate", consumer.locate(&p).await, Code::Unavailable);
+    assert_code("access log", auditor.access_log(&p, 0, "").await, Code::Unavailable);
+    let mut emergency = env.actor("ra7-viewer", "RA7", &["consumer"], "emergency", "dr.jones");
+    assert_code("break-glass search", emergency.search(&p).await, Code::Unavailable);
+
+    assert_eq!(redis.cli(&["DEL", "nrl:audit"]).trim(), "1");
+    assert_eq!(consumer.search(&p).await.expect("search again"), vec![a.id.clone()]);
+    assert_eq!(consumer.get(&a.id).await.expect("get again").id, a.id);
+    assert_eq!(consumer.count(&p).await.expect("count again"), 1);
+    assert_eq!(consumer.locate(&p).await.expect("locate again"), 1);
+    let events = auditor.c.export("").await.expect("export");
+    assert_eq!(
+        events.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(),
+        ["SearchPointers", "GetPointer", "CountPointers", "LocatePatient"],
+        "the export restarts with the reads after the repair"
+    );
+    env.stop().await;
+}
+
+macro_rules! on_every_store {
+    ($($scenario:ident),+ $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Backend::Memory).await;
+                }
+            )+
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Backend::Redis).await;
+                }
+            )+
+        }
+    };
+}
+
+on_every_store!(
+    each_operation_leaves_exactly_the_expected_event,
+    unknown_ids_leave_no_event_against_an_unrelated_patient,
+    break_glass_is_flagged_only_when_a_restricted_patients_pointers_are_shown,
+    access_log_is_newest_first_pages_exactly_once_and_is_itself_recorded,
+    export_streams_every_event_in_order_resumes_and_follows,
+);

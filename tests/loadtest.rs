@@ -1,0 +1,316 @@
+//! The load-test kit, without timing anything: every ghz config in `loadtest/` is one real ghz
+//! accepts and that resolves here (keys, call, data after template expansion, metadata,
+//! durations), and the in-repo runner makes a small number of calls of each against a real
+//! in-process server with no errors, while non-OK statuses are counted as errors.
+
+use nrl_registry::config::ServerConfig;
+use nrl_registry::domain::NhsNumber;
+use nrl_registry::load::config::{GHZ_KEYS, IGNORED_KEYS, UNSUPPORTED_KEYS};
+use nrl_registry::load::prepare::{self, PrepareArgs, Target};
+use nrl_registry::load::{run, GhzConfig, Overrides, Scenario};
+use nrl_registry::proto::nrl::v1 as pb;
+use pb::pointer_registry_client::PointerRegistryClient;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+const PATIENTS: u64 = 60;
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(nrl_registry::server::run(ServerConfig::for_tests(), listener, async {
+            let _ = stopped.await;
+        }));
+        Self { addr, stop: Some(stop) }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A private scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "nrl-loadtest-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn configs() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("loadtest/ exists")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no configs in {}", dir.display());
+    files
+}
+
+/// Registers 3 pointers for each of `PATIENTS` test-range patients, as `nrl seed` would, writes
+/// their NHS numbers, and runs `prepare` into `dir`.
+async fn seed_and_prepare(server: &Server, dir: &Path) {
+    let patients: Vec<NhsNumber> =
+        (999_000_000u64..).filter_map(NhsNumber::from_prefix).take(PATIENTS as usize).collect();
+    let mut client = PointerRegistryClient::connect(server.url()).await.expect("connect");
+    let pointers = patients
+        .iter()
+        .flat_map(|n| {
+            (0..3).map(move |i| pb::PointerInput {
+                nhs_number: n.to_string(),
+                region: "QWO".into(),
+                custodian: "RR8".into(),
+                r#type: "736253002".into(),
+                content: vec![pb::Content {
+                    url: format!("https://qwo.example.nhs.uk/{n}/{i}"),
+                    content_type: "application/pdf".into(),
+                    format: "urn:nhs-ic:unstructured".into(),
+                    retrieval_mechanism: pb::RetrievalMechanism::Ssp as i32,
+                    stability: pb::Stability::Static as i32,
+                }],
+                producer_reference: format!("seed-{n}-{i}"),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let outcomes = client
+        .batch_create_pointers(pb::BatchCreatePointersRequest { pointers })
+        .await
+        .expect("seed batch")
+        .into_inner()
+        .outcomes;
+    assert!(outcomes.iter().all(|o| matches!(o.result, Some(pb::batch_outcome::Result::Created(_)))));
+    let patients_file = dir.join("patients.txt");
+    std::fs::write(&patients_file, patients.iter().map(|n| format!("{n}\n")).collect::<String>()).expect("write");
+    let args = PrepareArgs {
+        target: Target { server: server.url(), token: None, purpose: "direct-care".into() },
+        patients_file,
+        out_dir: dir.to_path_buf(),
+        count: 20,
+        custodian: "RR8".into(),
+        batch_size: 10,
+        batches: 3,
+    };
+    let written = prepare::prepare(&args).await.expect("prepare");
+    assert_eq!(written.len(), 6);
+}
+
+#[test]
+fn ghz_key_lists_are_consistent() {
+    for key in IGNORED_KEYS.iter().chain(UNSUPPORTED_KEYS) {
+        assert!(GHZ_KEYS.contains(key), "{key} is not a ghz key");
+    }
+}
+
+#[tokio::test]
+async fn every_config_is_valid_for_ghz_and_resolves_here() {
+    let server = Server::start().await;
+    let scratch = Scratch::new();
+    seed_and_prepare(&server, &scratch.0).await;
+    let mut calls = BTreeSet::new();
+    for path in configs() {
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let value: Value = serde_json::from_str(&text).expect("valid JSON");
+        let object = value.as_object().expect("an object");
+        for key in object.keys() {
+            assert!(GHZ_KEYS.contains(&key.as_str()), "{}: {key:?} is not a ghz config key", path.display());
+        }
+        // ghz needs these; durations are Go duration strings.
+        for required in ["call", "host"] {
+            assert!(object.get(required).is_some_and(Value::is_string), "{}: {required}", path.display());
+        }
+        assert_eq!(object.get("insecure"), Some(&Value::Bool(true)), "{}: plaintext server", path.display());
+        for key in ["duration", "timeout", "max-duration", "connect-timeout"] {
+            if let Some(d) = object.get(key) {
+                let text = d.as_str().unwrap_or_else(|| panic!("{}: {key} must be a string", path.display()));
+                nrl_registry::load::config::parse_go_duration(text)
+                    .unwrap_or_else(|e| panic!("{}: {key}: {e}", path.display()));
+            }
+        }
+        let config = GhzConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        let overrides = Overrides { data_dir: Some(scratch.0.clone()), ..Overrides::default() };
+        let scenario = Scenario::from_config(config, &overrides).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!scenario.payloads.is_empty());
+        calls.insert(scenario.method.path.clone());
+    }
+    for rpc in [
+        "/grpc.health.v1.Health/Check",
+        "/nrl.v1.PointerRegistry/SearchPointers",
+        "/nrl.v1.PointerRegistry/GetPointer",
+        "/nrl.v1.PointerRegistry/CreatePointer",
+        "/nrl.v1.PointerRegistry/BatchCreatePointers",
+        "/nrl.v1.RecordLocator/LocatePatient",
+    ] {
+        assert!(calls.contains(rpc), "no scenario calls {rpc}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_makes_200_calls_of_every_scenario_without_errors() {
+    let server = Server::start().await;
+    let scratch = Scratch::new();
+    seed_and_prepare(&server, &scratch.0).await;
+    for path in configs() {
+        let overrides = Overrides {
+            host: Some(server.addr.to_string()),
+            total: Some(200),
+            concurrency: Some(8),
+            data_dir: Some(scratch.0.clone()),
+            ..Overrides::default()
+        };
+        let scenario = Scenario::load(&path, &overrides).unwrap_or_else(|e| panic!("{e}"));
+        let report = run(&scenario).await.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(report.count, 200, "{}", path.display());
+        assert_eq!(report.errors, 0, "{}: {:?}", path.display(), report.error_distribution);
+        assert_eq!(report.status_code_distribution.get("OK"), Some(&200));
+        assert!(report.fastest > 0 && report.fastest <= report.slowest);
+        assert!(report.percentile(50.0).is_some_and(|p50| p50 > 0));
+    }
+    // The creates used a fresh producer_reference per call: 200 new pointers over the 20 create
+    // patients, none of them an existing one returned again.
+    let mut client = PointerRegistryClient::connect(server.url()).await.expect("connect");
+    let data: Value =
+        serde_json::from_str(&std::fs::read_to_string(scratch.0.join("create.json")).expect("create.json"))
+            .expect("json");
+    let mut created = 0;
+    for entry in data.as_array().expect("array") {
+        let nhs = entry["pointer"]["nhs_number"].as_str().expect("nhs").to_string();
+        let query = pb::PointerQuery { nhs_number: nhs, ..Default::default() };
+        created += client
+            .count_pointers(pb::CountPointersRequest { query: Some(query) })
+            .await
+            .expect("count")
+            .into_inner()
+            .count;
+    }
+    // The create patients were not seeded: every pointer they hold is one of the 200.
+    assert_eq!(created, 200);
+}
+
+#[tokio::test]
+async fn non_ok_statuses_are_errors_with_their_codes() {
+    let server = Server::start().await;
+    let config = GhzConfig::from_value(&json!({
+        "name": "forced-errors",
+        "call": "nrl.v1.PointerRegistry/GetPointer",
+        "host": server.addr.to_string(),
+        "insecure": true,
+        "total": 60,
+        "concurrency": 3,
+        "data": [{"id": "{{newUUID}}"}, {"id": "not-a-uuid"}, {"id": "{{newUUID}}"}],
+        "metadata": {"x-purpose-of-use": "direct-care"}
+    }))
+    .expect("valid config");
+    let scenario = Scenario::from_config(config, &Overrides::default()).expect("resolves");
+    let report = run(&scenario).await.expect("runs");
+    assert_eq!(report.count, 60);
+    assert_eq!(report.errors, 60);
+    assert_eq!(report.status_code_distribution.get("NotFound"), Some(&40));
+    assert_eq!(report.status_code_distribution.get("InvalidArgument"), Some(&20));
+    assert_eq!(report.status_code_distribution.get("OK"), None);
+    assert!(report.error_distribution.keys().any(|e| e.starts_with("rpc error: code = NotFound desc = ")));
+    // Latency figures cover OK calls only, as in ghz.
+    assert_eq!(report.average, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rps_and_duration_bound_the_run() {
+    let server = Server::start().await;
+    let config = GhzConfig::from_value(&json!({
+        "call": "grpc.health.v1.Health.Check",
+        "host": server.addr.to_string(),
+        "insecure": true,
+        "concurrency": 4,
+        "rps": 100,
+        "duration": "1s",
+        "duration-stop": "wait",
+        "data": {"service": ""}
+    }))
+    .expect("valid config");
+    let scenario = Scenario::from_config(config, &Overrides::default()).expect("resolves");
+    let report = run(&scenario).await.expect("runs");
+    assert_eq!(report.errors, 0);
+    assert!((90..=100).contains(&report.count), "{} calls in 1 s at 100 rps", report.count);
+    let wall = Duration::from_nanos(report.total);
+    assert!(wall >= Duration::from_millis(980) && wall < Duration::from_secs(5), "{wall:?}");
+}
+
+#[tokio::test]
+async fn a_config_ghz_would_misread_is_refused() {
+    let wrong = json!({"call": "nrl.v1.PointerRegistry.SearchPointers", "host": "127.0.0.1:1", "insecure": true,
+                       "concurency": 10, "duration": 10});
+    let error = GhzConfig::from_value(&wrong).expect_err("refused");
+    assert!(error.contains("concurency") && error.contains("duration"), "{error}");
+    let bad_data = GhzConfig::from_value(&json!({"call": "nrl.v1.PointerRegistry.SearchPointers",
+        "host": "127.0.0.1:1", "insecure": true, "total": 1, "concurrency": 1,
+        "data": {"query": {"nhs_numbr": "9434765919"}}}))
+    .expect("keys are fine");
+    let error = Scenario::from_config(bad_data, &Overrides::default()).expect_err("data does not fit the request");
+    assert!(error.contains("nhs_numbr"), "{error}");
+}
+
+#[tokio::test]
+async fn fill_registers_whole_batches_and_is_idempotent() {
+    let server = Server::start().await;
+    let scratch = Scratch::new();
+    let excluded: Vec<NhsNumber> = (999_000_000u64..).filter_map(NhsNumber::from_prefix).take(5).collect();
+    let exclude = scratch.0.join("exclude.txt");
+    std::fs::write(&exclude, excluded.iter().map(|n| format!("{n}\n")).collect::<String>()).expect("write");
+    let args = prepare::FillArgs {
+        target: Target { server: server.url(), token: None, purpose: "direct-care".into() },
+        pointers: 2500,
+        // 12 per patient does not divide 1000: batches must still stay within the server's limit.
+        per_patient: 12,
+        exclude: vec![exclude],
+        batch_size: 1000,
+        concurrency: 2,
+        custodian: "RR8".into(),
+    };
+    let first = prepare::fill(&args).await.expect("fill");
+    assert_eq!((first.created, first.existing, first.failed), (2500, 0, 0), "{first:?}");
+    assert_eq!(first.patients, 209);
+    let again = prepare::fill(&args).await.expect("fill again");
+    assert_eq!((again.created, again.existing, again.failed), (0, 2500, 0), "{again:?}");
+    let mut client = PointerRegistryClient::connect(server.url()).await.expect("connect");
+    for nhs in excluded {
+        let query = pb::PointerQuery { nhs_number: nhs.to_string(), ..Default::default() };
+        let count = client.count_pointers(pb::CountPointersRequest { query: Some(query) }).await.expect("count");
+        assert_eq!(count.into_inner().count, 0, "an excluded patient was filled");
+    }
+}

@@ -1,0 +1,252 @@
+//! What an operator sees: Prometheus metrics after real calls, request ids on every answer, and
+//! `/live` and `/ready` through a drain and a Redis outage. A real server on 127.0.0.1:0 with its
+//! admin listener on port 0, scraped over a real socket.
+
+mod support;
+
+use nrl_registry::config::{ServerConfig, StoreConfig};
+use nrl_registry::proto::nrl::v1 as pb;
+use nrl_registry::store::redis::RedisConfig;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::fixtures::{input, new_patient, CRISIS_PLAN};
+use support::TestServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::metadata::MetadataMap;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const CREATE: &str = "/nrl.v1.PointerRegistry/CreatePointer";
+
+/// A server (memory store) with its admin listener on an ephemeral port, and that port.
+async fn start(shutdown_grace: Duration) -> (TestServer, SocketAddr) {
+    let mut config = ServerConfig::for_tests();
+    config.shutdown_grace = shutdown_grace;
+    start_with(config).await
+}
+
+async fn start_with(mut config: ServerConfig) -> (TestServer, SocketAddr) {
+    config.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let bound = config.admin.bound.clone();
+    let server = TestServer::start_with(config).await;
+    let admin = tokio::time::timeout(Duration::from_secs(5), bound.wait()).await.expect("admin listener bound");
+    (server, admin)
+}
+
+/// GET over HTTP/1.1: (status, body).
+async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(admin).await.expect("connect to the admin listener");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8(raw).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    (status, body.to_string())
+}
+
+/// The scrape as `series{labels}` → value.
+async fn scrape(admin: SocketAddr) -> (String, HashMap<String, f64>) {
+    let (status, text) = get(admin, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    let series = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter_map(|(series, value)| Some((series.to_string(), value.parse().ok()?)))
+        .collect();
+    (text, series)
+}
+
+fn value(series: &HashMap<String, f64>, key: &str) -> f64 {
+    *series.get(key).unwrap_or_else(|| panic!("no series {key} in {series:#?}"))
+}
+
+fn calls(method: &str, code: &str) -> String {
+    format!(r#"nrl_grpc_requests_total{{grpc_method="{method}",grpc_code="{code}"}}"#)
+}
+
+/// Polls `path` until it answers `status`, for up to `within`.
+async fn wait_for(admin: SocketAddr, path: &str, status: u16, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (got, body) = get(admin, path).await;
+        if got == status {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path} still {got} ({body:?}), expected {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_for_status(admin: SocketAddr, path: &str, status: u16) -> String {
+    wait_for(admin, path, status, Duration::from_secs(5)).await
+}
+
+fn request_id(metadata: &MetadataMap) -> String {
+    metadata.get("x-request-id").expect("x-request-id in the response").to_str().expect("ascii").to_string()
+}
+
+#[tokio::test]
+async fn metrics_count_every_call_by_method_and_code_without_patient_data() {
+    let (server, admin) = start(Duration::from_secs(5)).await;
+    let mut registry = server.registry();
+    let patients: Vec<String> = (0..3).map(|_| new_patient()).collect();
+    for patient in &patients {
+        registry
+            .create_pointer(pb::CreatePointerRequest { pointer: Some(input(patient, "QWO", "RR8", CRISIS_PLAN)) })
+            .await
+            .expect("create");
+    }
+    let bad_check_digit = "9434765918";
+    for nhs_number in [bad_check_digit, "not a number"] {
+        let err = registry
+            .create_pointer(pb::CreatePointerRequest { pointer: Some(input(nhs_number, "QWO", "RR8", CRISIS_PLAN)) })
+            .await
+            .expect_err("invalid NHS number");
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+    let found = registry
+        .search_pointers(pb::SearchPointersRequest {
+            query: Some(support::fixtures::query(&patients[0])),
+            ..Default::default()
+        })
+        .await
+        .expect("search")
+        .into_inner();
+    assert_eq!(found.pointers.len(), 1);
+    // A path the server does not serve, carrying an NHS number: UNIMPLEMENTED, labelled `other`.
+    let mut raw = tonic::client::Grpc::new(server.channel.clone());
+    raw.ready().await.expect("channel ready");
+    let unknown = http::uri::PathAndQuery::from_static("/nrl.v1.PointerRegistry/9434765919");
+    let err = raw
+        .unary::<(), (), _>(tonic::Request::new(()), unknown, tonic_prost::ProstCodec::default())
+        .await
+        .expect_err("no such method");
+    assert_eq!(err.code(), Code::Unimplemented);
+
+    // The health watcher pings the store once a second; wait for its first answer.
+    wait_for_status(admin, "/ready", 200).await;
+    let (text, series) = scrape(admin).await;
+    assert_eq!(value(&series, &calls(CREATE, "OK")), 3.0);
+    assert_eq!(value(&series, &calls(CREATE, "INVALID_ARGUMENT")), 2.0);
+    assert_eq!(value(&series, &calls("/nrl.v1.PointerRegistry/SearchPointers", "OK")), 1.0);
+    assert_eq!(value(&series, &calls("other", "UNIMPLEMENTED")), 1.0);
+    assert_eq!(value(&series, &format!(r#"nrl_grpc_request_duration_seconds_count{{grpc_method="{CREATE}"}}"#)), 5.0);
+    assert_eq!(value(&series, &format!(r#"nrl_grpc_requests_in_flight{{grpc_method="{CREATE}"}}"#)), 0.0);
+    assert_eq!(value(&series, r#"nrl_store_up{backend="memory"}"#), 1.0);
+    assert!(value(&series, r#"nrl_store_operations_total{operation="apply",outcome="ok"}"#) >= 3.0);
+    assert!(value(&series, r#"nrl_store_operations_total{operation="ping",outcome="ok"}"#) >= 1.0);
+    assert!(series.keys().any(|k| k.starts_with("nrl_store_operation_duration_seconds_bucket{")), "{text}");
+    assert!(series.keys().any(|k| k.starts_with("nrl_build_info{version=")), "{text}");
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics exposition ends with # EOF");
+    for patient in patients.iter().map(String::as_str).chain([bad_check_digit, "9434765919"]) {
+        assert!(!text.contains(patient), "NHS number {patient} in the scrape");
+    }
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_given_or_generated() {
+    let (server, _admin) = start(Duration::from_secs(5)).await;
+    let mut registry = server.registry();
+    let create = |nhs_number: &str, header: Option<(&'static str, &str)>| {
+        let mut request = tonic::Request::new(pb::CreatePointerRequest {
+            pointer: Some(input(nhs_number, "QWO", "RR8", CRISIS_PLAN)),
+        });
+        if let Some((name, value)) = header {
+            request.metadata_mut().insert(name, value.parse().expect("metadata value"));
+        }
+        request
+    };
+
+    let ok = registry.create_pointer(create(&new_patient(), Some(("x-request-id", "req-123")))).await.expect("create");
+    assert_eq!(request_id(ok.metadata()), "req-123");
+    let ok =
+        registry.create_pointer(create(&new_patient(), Some(("x-correlation-id", "corr-7")))).await.expect("create");
+    assert_eq!(request_id(ok.metadata()), "corr-7", "x-correlation-id is taken when x-request-id is absent");
+    let ok = registry.create_pointer(create(&new_patient(), None)).await.expect("create");
+    let generated = request_id(ok.metadata());
+    assert!(uuid::Uuid::parse_str(&generated).is_ok(), "generated ids are UUIDs: {generated}");
+    let again = registry.create_pointer(create(&new_patient(), None)).await.expect("create");
+    assert_ne!(request_id(again.metadata()), generated, "one id per call");
+
+    let err = registry.create_pointer(create("123", Some(("x-request-id", "req-err")))).await.expect_err("invalid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(request_id(err.metadata()), "req-err", "errors carry the id too");
+
+    let ok =
+        registry.create_pointer(create(&new_patient(), Some(("x-request-id", "9434765919")))).await.expect("create");
+    let replaced = request_id(ok.metadata());
+    assert_ne!(replaced, "9434765919", "an NHS number is never taken as a request id");
+    assert!(uuid::Uuid::parse_str(&replaced).is_ok());
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn ready_turns_503_once_the_drain_begins_while_live_stays_200() {
+    let (mut server, admin) = start(Duration::from_secs(60)).await;
+    assert_eq!(get(admin, "/live").await.0, 200);
+    wait_for_status(admin, "/ready", 200).await;
+    let (status, body) = get(admin, "/nope").await;
+    assert_eq!(status, 404, "{body}");
+
+    // An open Health/Watch stream is an in-flight call: it holds the drain open.
+    let mut health = HealthClient::new(server.channel.clone());
+    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.expect("watch").into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("first update");
+    assert_eq!(first.expect("stream").expect("message").status, ServingStatus::Serving as i32);
+
+    server.begin_shutdown();
+    let body = wait_for_status(admin, "/ready", 503).await;
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(get(admin, "/live").await.0, 200, "draining is not dead");
+    let (_, series) = scrape(admin).await;
+    assert_eq!(value(&series, r#"nrl_grpc_requests_in_flight{grpc_method="/grpc.health.v1.Health/Watch"}"#), 1.0);
+
+    drop(watch);
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(10), server.join()).await.expect("drain ends with the stream");
+    assert!(stopped.is_ok(), "{stopped:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(admin).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the admin listener stops with the server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_outage_shows_as_store_down_and_not_ready_until_redis_returns() {
+    let mut redis = support::redis::RedisServer::start(support::redis::RedisOptions::default());
+    let mut store = RedisConfig::parse(&redis.url()).expect("harness url");
+    store.timeout = Duration::from_millis(300);
+    let mut config = ServerConfig::for_tests();
+    config.store = StoreConfig::Redis(store);
+    let (server, admin) = start_with(config).await;
+    wait_for_status(admin, "/ready", 200).await;
+    assert_eq!(value(&scrape(admin).await.1, r#"nrl_store_up{backend="redis"}"#), 1.0);
+
+    redis.kill9();
+    let body = wait_for_status(admin, "/ready", 503).await;
+    assert!(body.contains("store not answering"), "{body}");
+    assert_eq!(get(admin, "/live").await.0, 200, "a store outage is no reason to restart the registry");
+    let (_, series) = scrape(admin).await;
+    assert_eq!(value(&series, r#"nrl_store_up{backend="redis"}"#), 0.0);
+    assert!(value(&series, r#"nrl_store_operations_total{operation="ping",outcome="unavailable"}"#) >= 1.0);
+
+    // Restarting blocks until redis answers; the server keeps pinging meanwhile.
+    let _redis = tokio::task::spawn_blocking(move || {
+        redis.restart();
+        redis
+    })
+    .await
+    .expect("restart redis");
+    // The connection re-establishes by itself (~2 s here); the next ping then succeeds.
+    wait_for(admin, "/ready", 200, Duration::from_secs(15)).await;
+    assert_eq!(value(&scrape(admin).await.1, r#"nrl_store_up{backend="redis"}"#), 1.0);
+    server.stop().await.expect("stop");
+}

@@ -1,0 +1,89 @@
+//! Test harness: a real registry server on 127.0.0.1:0 with real gRPC clients over a real socket.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+pub mod auth;
+pub mod fixtures;
+pub mod nodes;
+pub mod redis;
+pub mod writer;
+
+use nrl_registry::config::{ServerConfig, StoreConfig};
+use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
+use nrl_registry::proto::nrl::v1::record_locator_client::RecordLocatorClient;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), nrl_registry::server::ServeError>>>,
+}
+
+impl TestServer {
+    pub async fn start(store: StoreConfig) -> Self {
+        let mut config = ServerConfig::for_tests();
+        config.store = store;
+        Self::start_with(config).await
+    }
+
+    pub async fn start_with(config: ServerConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(nrl_registry::server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect to test server");
+        Self { addr, channel, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn registry(&self) -> PointerRegistryClient<Channel> {
+        PointerRegistryClient::new(self.channel.clone())
+    }
+
+    pub fn locator(&self) -> RecordLocatorClient<Channel> {
+        RecordLocatorClient::new(self.channel.clone())
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<(), nrl_registry::server::ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("server task panicked"),
+            None => Ok(()),
+        }
+    }
+
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn join(mut self) -> Result<(), nrl_registry::server::ServeError> {
+        match self.task.take() {
+            Some(task) => task.await.expect("server task panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

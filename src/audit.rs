@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct AuditEvent {
-    /// Position in the export stream; set by the store when it is read back.
+    /// Where the event sits in what it was read from (the patient's log or the export); set by the
+    /// store when it is read back, and used as a page token or resume cursor.
     pub cursor: Option<String>,
     pub time: DateTime<Utc>,
     pub application: String,
@@ -36,8 +37,11 @@ pub struct EventPage {
 
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
-    /// Appends an event to the patient's log and to the export stream.
-    async fn append(&self, event: AuditEvent) -> Result<(), StoreError>;
+    /// Appends events, each to its patient's log and to the export, in as few round trips as the
+    /// backend allows (one call may record a whole batch). All of them are recorded, or the call
+    /// fails; after a failure some may have been recorded (a retry may then record one twice, never
+    /// none).
+    async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError>;
 
     /// The patient's events strictly older than `before` (all when `None`), newest first.
     async fn patient_events(
@@ -47,9 +51,14 @@ pub trait AuditStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<EventPage, StoreError>;
 
-    /// Export: every event strictly after `after` (from the start when `None`), oldest first.
+    /// Export: every event strictly after `after` (from the oldest kept when `None`), oldest first.
+    /// The export has bounded retention on Redis: a cursor older than what is kept is
+    /// `StoreError::OutOfRange` (the patients' own logs still hold every event).
     async fn events_after(&self, after: Option<String>, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
 
-    /// Is `cursor` a cursor this store could have produced? (Page tokens are checked with it.)
-    fn valid_cursor(&self, cursor: &str) -> bool;
+    /// Is `cursor` a `patient_events` cursor this store could have produced?
+    fn valid_log_cursor(&self, cursor: &str) -> bool;
+
+    /// Is `cursor` an `events_after` cursor this store could have produced?
+    fn valid_export_cursor(&self, cursor: &str) -> bool;
 }

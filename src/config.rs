@@ -40,6 +40,7 @@ pub const ENV_NODE_REGIONS: &str = "NRL_NODE_REGIONS";
 pub const ENV_FEDERATION: &str = "NRL_FEDERATION";
 pub const ENV_PEER_TOKEN_FILE: &str = "NRL_PEER_TOKEN_FILE";
 pub const ENV_FEED_RETENTION: &str = "NRL_FEED_RETENTION";
+pub const ENV_AUDIT_EXPORT_RETENTION: &str = "NRL_AUDIT_EXPORT_RETENTION";
 /// Issuer and audience of development tokens (`nrl token`) unless configured otherwise.
 pub const DEFAULT_JWT_ISSUER: &str = "nrl-registry-dev";
 pub const DEFAULT_JWT_AUDIENCE: &str = "nrl-registry";
@@ -98,6 +99,10 @@ pub struct ServeArgs {
     /// How many changes the change feed keeps for followers (standalone Redis; memory keeps 1,000,000).
     #[arg(long, env = ENV_FEED_RETENTION, default_value_t = 1_000_000)]
     pub feed_retention: u64,
+    /// How many events the audit export stream keeps (Redis; approximate, as Redis trims whole
+    /// stream nodes). Each patient's own access log keeps every event regardless.
+    #[arg(long, env = ENV_AUDIT_EXPORT_RETENTION, default_value_t = 10_000_000)]
+    pub audit_export_retention: u64,
     /// JWT: file holding the HS256 shared secret (at least 32 bytes). For development and tests.
     #[arg(long, env = ENV_JWT_HS256_SECRET_FILE)]
     pub jwt_hs256_secret_file: Option<PathBuf>,
@@ -233,6 +238,7 @@ impl TryFrom<ServeArgs> for ServerConfig {
             redis.wait_timeout = Duration::from_millis(args.redis_wait_timeout_ms);
             redis.startup_wait = Duration::from_secs(args.redis_startup_wait_secs);
             redis.feed_retention = args.feed_retention.max(1);
+            redis.audit_export_retention = args.audit_export_retention.max(1);
         }
         let regions = match &args.regions {
             None => Some(RegionDirectory::default_directory()),

@@ -20,6 +20,9 @@ pub enum RegistryError {
     FailedPrecondition { field: String, reason: String },
     #[error("{0}")]
     PermissionDenied(String),
+    /// A cursor older than the retention of the stream it points into.
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -44,6 +47,7 @@ impl RegistryError {
             Self::Aborted(_) => "ABORTED",
             Self::FailedPrecondition { .. } => "FAILED_PRECONDITION",
             Self::PermissionDenied(_) => "PERMISSION_DENIED",
+            Self::OutOfRange(_) => "OUT_OF_RANGE",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
@@ -67,6 +71,7 @@ impl From<StoreError> for RegistryError {
             }
             StoreError::Unavailable(reason) => Self::Unavailable(reason),
             StoreError::Corrupt(reason) => Self::Internal(reason),
+            StoreError::OutOfRange(reason) => Self::OutOfRange(reason),
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::domain::{
 use crate::error::RegistryError;
 use crate::store::federation::RegionIndex;
 use crate::store::{Condition, PatientWrite, PointerStore, ReferenceKey, StoreError};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// How often a write is re-decided after losing a race before giving up with ABORTED.
@@ -158,7 +158,7 @@ impl Registry {
             Ok(value) => (event.pointer_ids, event.break_glass) = touched(value),
             Err(error) => event.outcome = error.code_name().to_string(),
         }
-        match self.audit.append(event).await {
+        match self.audit.append_all(vec![event]).await {
             Ok(()) => result,
             Err(e) => {
                 tracing::error!(error = %e, operation, "audit write failed; withholding the answer");
@@ -432,7 +432,10 @@ impl Registry {
     }
 
     /// Registers each entry on its own (invalid or unpermitted entries keep their error), results in
-    /// order, one audit event per entry.
+    /// order. The batch is one call, so it is audited as one: one event per patient and outcome
+    /// (listing the pointers registered for that patient), all recorded in one store call. If the
+    /// events cannot be recorded, every entry fails with UNAVAILABLE: nothing is acknowledged
+    /// unaudited (a retry with the same producer references is safe).
     pub async fn create_batch(
         &self,
         caller: &Caller,
@@ -444,15 +447,45 @@ impl Registry {
             .map(|d| d.and_then(|d| policy::check_write(caller, &d).and_then(|()| self.check_region(&d)).map(|()| d)))
             .collect();
         let results = self.register_batch(checked).await;
-        let audits = results.into_iter().zip(patients).map(|(result, patient)| async move {
-            match patient {
-                Some(nhs) => {
-                    self.audited(caller, "BatchCreatePointers", nhs, result, |r| (vec![r.pointer.id], false)).await
-                }
-                None => result,
+        let events = self.batch_events(caller, &results, &patients);
+        if events.is_empty() {
+            return results;
+        }
+        match self.audit.append_all(events).await {
+            Ok(()) => results,
+            Err(e) => {
+                tracing::error!(error = %e, "audit write failed; withholding the batch's answers");
+                let refusal =
+                    RegistryError::Unavailable(format!("the audit log cannot be written ({e}); nothing was returned"));
+                results.iter().map(|_| Err(refusal.clone())).collect()
             }
-        });
-        futures::future::join_all(audits).await
+        }
+    }
+
+    /// The audit events of a batch: one per (patient, outcome), in the order each first appears.
+    fn batch_events(
+        &self,
+        caller: &Caller,
+        results: &[Result<Registered, RegistryError>],
+        patients: &[Option<NhsNumber>],
+    ) -> Vec<AuditEvent> {
+        let mut events: Vec<AuditEvent> = Vec::new();
+        let mut position: HashMap<(NhsNumber, &'static str), usize> = HashMap::new();
+        for (result, patient) in results.iter().zip(patients) {
+            // An entry without a valid NHS number touched no patient's pointers.
+            let Some(nhs) = *patient else { continue };
+            let outcome = result.as_ref().err().map_or("OK", RegistryError::code_name);
+            let at = *position.entry((nhs, outcome)).or_insert_with(|| {
+                let mut event = self.event(caller, "BatchCreatePointers", nhs);
+                event.outcome = outcome.to_string();
+                events.push(event);
+                events.len() - 1
+            });
+            if let Ok(registered) = result {
+                events[at].pointer_ids.push(registered.pointer.id);
+            }
+        }
+        events
     }
 
     pub async fn get(&self, caller: &Caller, id: PointerId) -> Result<Pointer, RegistryError> {

@@ -72,6 +72,9 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A cursor points before the oldest entry a bounded stream still keeps.
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 /// `metrics::store::MeteredStore` wraps every store and forwards each method, defaults included:

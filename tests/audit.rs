@@ -11,7 +11,7 @@ use nrl_registry::proto::nrl::v1::batch_outcome::Result as BatchResult;
 use std::time::Duration;
 use support::auth::*;
 use support::fixtures::*;
-use support::redis::{RedisOptions, RedisServer};
+use support::redis::{RedisCluster, RedisOptions, RedisServer};
 use support::TestServer;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -20,11 +20,14 @@ use tonic::Code;
 enum Backend {
     Memory,
     Redis,
+    /// Its own 3-master cluster: patients' logs spread over the masters, the export on one.
+    RedisCluster,
 }
 
 struct Env {
     server: TestServer,
     redis: Option<RedisServer>,
+    cluster: Option<RedisCluster>,
 }
 
 impl Env {
@@ -33,14 +36,21 @@ impl Env {
     async fn start(backend: Backend) -> Env {
         match backend {
             Backend::Memory => {
-                Env { server: TestServer::start_with(jwt_server_config(StoreConfig::Memory)).await, redis: None }
+                let server = TestServer::start_with(jwt_server_config(StoreConfig::Memory)).await;
+                Env { server, redis: None, cluster: None }
             }
             Backend::Redis => {
                 let redis = tokio::task::spawn_blocking(|| RedisServer::start(RedisOptions::default()))
                     .await
                     .expect("start redis-server");
                 let server = TestServer::start_with(jwt_server_config(redis_store(&redis.url()))).await;
-                Env { server, redis: Some(redis) }
+                Env { server, redis: Some(redis), cluster: None }
+            }
+            Backend::RedisCluster => {
+                let cluster =
+                    tokio::task::spawn_blocking(|| RedisCluster::start(3, 0)).await.expect("start a redis cluster");
+                let server = TestServer::start_with(jwt_server_config(redis_store(&cluster.url()))).await;
+                Env { server, redis: None, cluster: Some(cluster) }
             }
         }
     }
@@ -82,6 +92,7 @@ impl Env {
     async fn stop(self) {
         self.server.stop().await.expect("server stops cleanly");
         drop(self.redis);
+        drop(self.cluster);
     }
 }
 
@@ -325,7 +336,9 @@ async fn each_operation_leaves_exactly_the_expected_event(backend: Backend) {
         .expect("delete");
     assert_eq!(tail.seen().await, vec![producer.expect("DeletePointer", "OK", &p, &[&a.id])], "delete");
 
-    // A batch: one event per entry that names a parsable patient, none for the others.
+    // A batch is one call: one event per patient and outcome, listing the pointers registered for
+    // that patient; none for entries that name no parsable patient.
+    let q = new_patient();
     let outcomes = producer
         .c
         .registry
@@ -333,26 +346,30 @@ async fn each_operation_leaves_exactly_the_expected_event(backend: Backend) {
             pointers: vec![
                 input(&p, "QWO", "RR8", CRISIS_PLAN),
                 input("123", "QWO", "RR8", CRISIS_PLAN),
+                input(&q, "QWO", "RR8", CRISIS_PLAN),
                 input(&p, "ZZZ", "RR8", CRISIS_PLAN),
                 input(&p, "QWO", "RA7", CRISIS_PLAN),
+                input(&p, "QWO", "RR8", RESPECT_FORM),
             ],
         })
         .await
         .expect("batch")
         .into_inner()
         .outcomes;
-    let d = match outcomes.first().and_then(|o| o.result.clone()) {
+    let created = |i: usize| match outcomes.get(i).and_then(|o| o.result.clone()) {
         Some(BatchResult::Created(pointer)) => pointer,
-        other => panic!("first entry should be created: {other:?}"),
+        other => panic!("entry {i} should be created: {other:?}"),
     };
+    let (d, e, f) = (created(0), created(2), created(5));
     let mut batch = tail.seen().await;
     batch.sort();
     let mut want = vec![
-        producer.expect("BatchCreatePointers", "OK", &p, &[&d.id]),
+        producer.expect("BatchCreatePointers", "OK", &p, &[&d.id, &f.id]),
+        producer.expect("BatchCreatePointers", "OK", &q, &[&e.id]),
         producer.expect("BatchCreatePointers", "PERMISSION_DENIED", &p, &[]),
     ];
     want.sort();
-    assert_eq!(batch, want, "batch: the valid and the refused entry, not the invalid ones");
+    assert_eq!(batch, want, "batch: one event per patient and outcome, not for the invalid entries");
 
     // Refusals are recorded, with the refusal as the outcome and nothing returned.
     let err = consumer
@@ -713,8 +730,13 @@ async fn export_streams_every_event_in_order_resumes_and_follows(backend: Backen
     assert!(cursor_key(&next.cursor) > cursor_key(&all[4].cursor));
     drop(follow);
 
-    // More than one export batch (500): every event exactly once, in order.
-    let batch: Vec<pb::PointerInput> = (0..600).map(|_| input(&p, "QWO", "RR8", CRISIS_PLAN)).collect();
+    // More than one export batch (500): every event exactly once, in order. (A batch records one
+    // event per patient, so 600 patients make 600 events.)
+    let mut patients = std::collections::BTreeSet::new();
+    while patients.len() < 600 {
+        patients.insert(new_patient());
+    }
+    let batch: Vec<pb::PointerInput> = patients.iter().map(|q| input(q, "QWO", "RR8", CRISIS_PLAN)).collect();
     let outcomes = producer
         .c
         .registry
@@ -790,6 +812,50 @@ async fn a_failing_audit_write_fails_the_read() {
     env.stop().await;
 }
 
+/// Redis only: the export stream keeps about NRL_AUDIT_EXPORT_RETENTION events. A cursor the
+/// retention has passed is OUT_OF_RANGE, never a silent skip; the patient's own log keeps everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_cursor_older_than_the_retention_is_out_of_range() {
+    let redis =
+        tokio::task::spawn_blocking(|| RedisServer::start(RedisOptions::default())).await.expect("start redis-server");
+    let mut store = redis_store(&redis.url());
+    if let StoreConfig::Redis(config) = &mut store {
+        config.audit_export_retention = 100;
+    }
+    let env = Env { server: TestServer::start_with(jwt_server_config(store)).await, redis: Some(redis), cluster: None };
+    let mut producer = env.actor("qwo-shared-care", "RR8", &["producer"], "administration", "");
+    let mut consumer = env.actor("ra7-viewer", "RA7", &["consumer"], "direct-care", "dr.jones");
+    let mut auditor = env.auditor();
+    let p = new_patient();
+    producer.create(input(&p, "QWO", "RR8", CRISIS_PLAN)).await;
+    let first = auditor.c.export("").await.expect("export");
+    assert_eq!(first.len(), 1);
+    for _ in 0..400 {
+        consumer.count(&p).await.expect("count");
+    }
+    let kept = auditor.c.export("").await.expect("export what is kept");
+    assert!((100..400).contains(&kept.len()), "about 100 kept (whole stream nodes are trimmed): {}", kept.len());
+    assert_eq!(kept.last().map(|e| e.operation.as_str()), Some("CountPointers"), "the newest is kept");
+    let err = auditor.c.export(&first[0].cursor).await.expect_err("a trimmed cursor");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("retention"), "the message says why: {:?}", err.message());
+    // A kept cursor still resumes; the patient's log still has all 401 events.
+    let tail = auditor.c.export(&kept[kept.len() - 2].cursor).await.expect("resume from a kept cursor");
+    assert_eq!(tail.len(), 1);
+    let mut total = 0;
+    let mut token = String::new();
+    loop {
+        let page = auditor.access_log(&p, 500, &token).await.expect("access log");
+        total += page.events.iter().filter(|e| e.operation != "GetAccessLog").count();
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(total, 401, "the patient's log is not trimmed");
+    env.stop().await;
+}
+
 macro_rules! on_every_store {
     ($($scenario:ident),+ $(,)?) => {
         mod memory {
@@ -805,6 +871,14 @@ macro_rules! on_every_store {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
                     super::$scenario(super::Backend::Redis).await;
+                }
+            )+
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Backend::RedisCluster).await;
                 }
             )+
         }

@@ -94,7 +94,7 @@ impl AuditLog for AuditLogService {
         };
         let before = match req.page_token.as_str() {
             "" => None,
-            token if self.registry.audit_store().valid_cursor(token) => Some(token.to_string()),
+            token if self.registry.audit_store().valid_log_cursor(token) => Some(token.to_string()),
             _ => return Err(RegistryError::invalid("page_token", "is not a page token from this service").into()),
         };
         let page = self.registry.access_log(&caller, nhs, before, size).await?;
@@ -114,7 +114,7 @@ impl AuditLog for AuditLogService {
         let req = request.into_inner();
         let mut after = match req.after.as_str() {
             "" => None,
-            cursor if self.registry.audit_store().valid_cursor(cursor) => Some(cursor.to_string()),
+            cursor if self.registry.audit_store().valid_export_cursor(cursor) => Some(cursor.to_string()),
             _ => return Err(RegistryError::invalid("after", "is not a cursor from this service").into()),
         };
         // Check permission before the stream starts, so a refusal is a status, not a broken stream.

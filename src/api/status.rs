@@ -38,6 +38,7 @@ pub fn code_of(error: &RegistryError) -> Code {
         RegistryError::AlreadyExists(_) => Code::AlreadyExists,
         RegistryError::Aborted(_) => Code::Aborted,
         RegistryError::PermissionDenied(_) => Code::PermissionDenied,
+        RegistryError::OutOfRange(_) => Code::OutOfRange,
         RegistryError::Unavailable(_) => Code::Unavailable,
         RegistryError::Internal(_) => Code::Internal,
     }

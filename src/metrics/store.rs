@@ -56,6 +56,7 @@ fn outcome<T>(result: &Result<T, StoreError>) -> &'static str {
         Err(StoreError::ConditionFailed) => "condition_failed",
         Err(StoreError::Unavailable(_)) => "unavailable",
         Err(StoreError::Corrupt(_)) => "corrupt",
+        Err(StoreError::OutOfRange(_)) => "out_of_range",
     }
 }
 
@@ -121,8 +122,8 @@ impl MeteredAuditStore {
 
 #[async_trait]
 impl AuditStore for MeteredAuditStore {
-    async fn append(&self, event: AuditEvent) -> Result<(), StoreError> {
-        timed(&self.metrics, "audit_append", self.inner.append(event)).await
+    async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        timed(&self.metrics, "audit_append", self.inner.append_all(events)).await
     }
 
     async fn patient_events(
@@ -138,7 +139,11 @@ impl AuditStore for MeteredAuditStore {
         timed(&self.metrics, "audit_events_after", self.inner.events_after(after, limit)).await
     }
 
-    fn valid_cursor(&self, cursor: &str) -> bool {
-        self.inner.valid_cursor(cursor)
+    fn valid_log_cursor(&self, cursor: &str) -> bool {
+        self.inner.valid_log_cursor(cursor)
+    }
+
+    fn valid_export_cursor(&self, cursor: &str) -> bool {
+        self.inner.valid_export_cursor(cursor)
     }
 }

@@ -185,12 +185,14 @@ fn parse_cursor(cursor: &str) -> Option<usize> {
 
 #[async_trait]
 impl AuditStore for MemoryStore {
-    async fn append(&self, mut event: AuditEvent) -> Result<(), StoreError> {
+    async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
         let mut tables = self.lock();
-        let position = tables.events.len();
-        event.cursor = Some(position.to_string());
-        tables.events_by_patient.entry(event.nhs_number).or_default().push(position);
-        tables.events.push(event);
+        for mut event in events {
+            let position = tables.events.len();
+            event.cursor = Some(position.to_string());
+            tables.events_by_patient.entry(event.nhs_number).or_default().push(position);
+            tables.events.push(event);
+        }
         Ok(())
     }
 
@@ -216,7 +218,12 @@ impl AuditStore for MemoryStore {
         Ok(tables.events.iter().skip(start).take(limit).cloned().collect())
     }
 
-    fn valid_cursor(&self, cursor: &str) -> bool {
+    /// One position space serves both: an event's index in the store's single event list.
+    fn valid_log_cursor(&self, cursor: &str) -> bool {
+        parse_cursor(cursor).is_some()
+    }
+
+    fn valid_export_cursor(&self, cursor: &str) -> bool {
         parse_cursor(cursor).is_some()
     }
 }

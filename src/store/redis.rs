@@ -42,6 +42,8 @@ pub struct RedisConfig {
     pub startup_wait: Duration,
     /// Changes the feed keeps (standalone Redis only).
     pub feed_retention: u64,
+    /// Events the audit export stream keeps (approximately: Redis trims whole stream nodes).
+    pub audit_export_retention: u64,
 }
 
 impl RedisConfig {
@@ -83,6 +85,7 @@ impl RedisConfig {
             wait_timeout: Duration::from_millis(500),
             startup_wait: Duration::from_secs(30),
             feed_retention: 1_000_000,
+            audit_export_retention: 10_000_000,
         })
     }
 }
@@ -188,6 +191,9 @@ pub struct RedisStore {
     backend: &'static str,
     /// The feed's MAXLEN when this store writes a feed (standalone Redis), else `None`.
     feed: Option<u64>,
+    /// The audit export's approximate MAXLEN.
+    audit_export_retention: u64,
+    cluster: bool,
 }
 
 fn unavailable(error: RedisError) -> StoreError {
@@ -251,6 +257,8 @@ impl RedisStore {
             wait: (config.wait_replicas > 0).then_some((config.wait_replicas, config.wait_timeout)),
             backend: if config.cluster { "redis-cluster" } else { "redis" },
             feed: (!config.cluster).then_some(config.feed_retention),
+            audit_export_retention: config.audit_export_retention,
+            cluster: config.cluster,
         })
     }
 
@@ -539,21 +547,64 @@ impl PointerStore for RedisStore {
     }
 }
 
-/// Audit events: the patient's stream (same slot as the patient, read by GetAccessLog) and the
-/// export stream. Both appends must succeed for the event to count.
+/// Audit events: each patient's log is a LIST in the patient's slot (`keys::audit`), read by
+/// GetAccessLog; the export is one STREAM with bounded retention (`keys::AUDIT_EXPORT`). On
+/// standalone Redis one script records a whole call's events in both, atomically. On a cluster
+/// the export lives in another slot, so it is recorded by its own script call, sent together with
+/// the patients' (one round trip in flight); the call fails unless all of them succeed.
 #[async_trait]
 impl AuditStore for RedisStore {
-    async fn append(&self, event: AuditEvent) -> Result<(), StoreError> {
-        let bytes = encoding::encode_event(&event);
-        let xadd = |key: String| {
-            let mut command = redis::cmd("XADD");
-            command.arg(key).arg("*").arg("e").arg(bytes.as_slice());
+    async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let encoded: Vec<(NhsNumber, Vec<u8>)> =
+            events.iter().map(|event| (event.nhs_number, encoding::encode_event(event))).collect();
+        let mut invocations = Vec::new();
+        if self.cluster {
+            let mut export = scripts::RECORD.prepare_invoke();
+            export.key(keys::AUDIT_EXPORT).arg(0).arg(self.audit_export_retention);
+            let mut by_patient: Vec<(NhsNumber, redis::ScriptInvocation<'static>)> = Vec::new();
+            for (nhs, bytes) in &encoded {
+                export.arg(0).arg(bytes.as_slice());
+                let at = match by_patient.iter().position(|(n, _)| n == nhs) {
+                    Some(at) => at,
+                    None => {
+                        let mut log = scripts::RECORD.prepare_invoke();
+                        log.key(keys::audit(*nhs)).arg(1).arg(0);
+                        by_patient.push((*nhs, log));
+                        by_patient.len() - 1
+                    }
+                };
+                by_patient[at].1.arg(1).arg(bytes.as_slice());
+            }
+            invocations.push(export);
+            invocations.extend(by_patient.into_iter().map(|(_, log)| log));
+        } else {
+            let mut patients: Vec<NhsNumber> = Vec::new();
+            for (nhs, _) in &encoded {
+                if !patients.contains(nhs) {
+                    patients.push(*nhs);
+                }
+            }
+            let mut all = scripts::RECORD.prepare_invoke();
+            for nhs in &patients {
+                all.key(keys::audit(*nhs));
+            }
+            all.key(keys::AUDIT_EXPORT).arg(patients.len()).arg(self.audit_export_retention);
+            for (nhs, bytes) in &encoded {
+                let log = patients.iter().position(|n| n == nhs).map_or(0, |i| i + 1);
+                all.arg(log).arg(bytes.as_slice());
+            }
+            invocations.push(all);
+        }
+        let calls = invocations.iter().map(|invocation| {
             let mut connection = self.connection.clone();
-            async move { self.bounded(command.query_async::<String>(&mut connection)).await }
-        };
-        let (patient, export) = tokio::join!(xadd(keys::audit(event.nhs_number)), xadd(keys::AUDIT_EXPORT.to_string()));
-        patient?;
-        export?;
+            async move { self.bounded(invocation.invoke_async::<i64>(&mut connection)).await }
+        });
+        for result in futures::future::join_all(calls).await {
+            result?;
+        }
         Ok(())
     }
 
@@ -564,25 +615,27 @@ impl AuditStore for RedisStore {
         limit: usize,
     ) -> Result<EventPage, StoreError> {
         let mut connection = self.connection.clone();
-        let end = before.map(|c| format!("({c}")).unwrap_or_else(|| "+".into());
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = self
-            .bounded(
-                redis::cmd("XREVRANGE")
-                    .arg(keys::audit(nhs_number))
-                    .arg(end)
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(limit + 1)
-                    .query_async(&mut connection),
-            )
-            .await?;
-        let more = entries.len() > limit;
-        let events = entries.into_iter().take(limit).map(stream_event).collect::<Result<Vec<_>, _>>()?;
-        let next_before = if more { events.last().and_then(|e| e.cursor.clone()) } else { None };
+        let before: i64 = match before {
+            None => -1,
+            Some(cursor) => cursor.parse().map_err(|_| StoreError::Corrupt(format!("log cursor {cursor:?}")))?,
+        };
+        let mut invocation = scripts::LOG_PAGE.prepare_invoke();
+        invocation.key(keys::audit(nhs_number)).arg(before).arg(limit);
+        let (first, entries): (u64, Vec<Vec<u8>>) = self.bounded(invocation.invoke_async(&mut connection)).await?;
+        let mut events = entries
+            .iter()
+            .zip(first..)
+            .map(|(bytes, position)| encoding::decode_event(position.to_string(), bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        events.reverse();
+        let next_before = (first > 0).then(|| first.to_string());
         Ok(EventPage { events, next_before })
     }
 
     async fn events_after(&self, after: Option<String>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        if let Some(cursor) = &after {
+            self.check_kept(keys::AUDIT_EXPORT, cursor).await?;
+        }
         let mut connection = self.connection.clone();
         let start = after.map(|c| format!("({c}")).unwrap_or_else(|| "-".into());
         let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = self
@@ -599,9 +652,43 @@ impl AuditStore for RedisStore {
         entries.into_iter().map(stream_event).collect()
     }
 
-    fn valid_cursor(&self, cursor: &str) -> bool {
-        matches!(cursor.split_once('-'), Some((ms, seq)) if !ms.is_empty() && !seq.is_empty()
-            && ms.bytes().all(|b| b.is_ascii_digit()) && seq.bytes().all(|b| b.is_ascii_digit()))
+    fn valid_log_cursor(&self, cursor: &str) -> bool {
+        !cursor.is_empty() && cursor.len() <= 19 && cursor.bytes().all(|b| b.is_ascii_digit())
+    }
+
+    fn valid_export_cursor(&self, cursor: &str) -> bool {
+        stream_position(cursor).is_some()
+    }
+}
+
+impl RedisStore {
+    /// Fails with `OutOfRange` when `cursor` points before the oldest entry `stream` still keeps.
+    ///
+    /// Trimmed history shows as entries-added > length, with the cursor older than the first entry
+    /// kept. (Redis 7.0 leaves max-deleted-entry-id at 0-0 when MAXLEN trims, so it cannot be
+    /// used.) A cursor equal to the last trimmed entry is reported too: the reader then re-reads
+    /// what is kept, which is harmless.
+    async fn check_kept(&self, stream: &str, cursor: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let info: HashMap<String, redis::Value> =
+            match self.bounded(redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(&mut connection)).await {
+                Ok(info) => info,
+                // No stream yet: nothing was ever written, so nothing was trimmed.
+                Err(StoreError::Unavailable(e)) if e.contains("no such key") => HashMap::new(),
+                Err(e) => return Err(e),
+            };
+        let number = |name: &str| info.get(name).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
+        let first_kept = info
+            .get("recorded-first-entry-id")
+            .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+            .and_then(|id| stream_position(&id));
+        let trimmed = matches!((number("entries-added"), number("length")), (Some(added), Some(kept)) if added > kept);
+        match (trimmed, first_kept, stream_position(cursor)) {
+            (true, Some(first_kept), Some(position)) if position < first_kept => Err(StoreError::OutOfRange(format!(
+                "cursor {cursor} is older than the oldest entry kept; the retention has passed it"
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -620,34 +707,13 @@ impl ChangeFeed for RedisStore {
                     .into(),
             ));
         }
-        let mut connection = self.connection.clone();
         if let Some(cursor) = &after {
-            // Trimmed history: some entries were removed (entries-added > length) and the cursor
-            // is older than the first one kept. (Redis 7.0 leaves max-deleted-entry-id at 0-0
-            // when MAXLEN trims, so it cannot be used.) A cursor equal to the last trimmed entry
-            // is reported too: the follower then re-reads what is kept, which is harmless.
-            let info: HashMap<String, redis::Value> = match self
-                .bounded(redis::cmd("XINFO").arg("STREAM").arg(keys::FEED).query_async(&mut connection))
-                .await
-            {
-                Ok(info) => info,
-                // No stream yet: nothing was ever written, so nothing was trimmed.
-                Err(StoreError::Unavailable(e)) if e.contains("no such key") => HashMap::new(),
-                Err(e) => return Err(e.into()),
-            };
-            let number = |name: &str| info.get(name).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
-            let first_kept = info
-                .get("recorded-first-entry-id")
-                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
-                .and_then(|id| stream_position(&id));
-            let trimmed =
-                matches!((number("entries-added"), number("length")), (Some(added), Some(kept)) if added > kept);
-            if let (true, Some(first_kept), Some(position)) = (trimmed, first_kept, stream_position(cursor)) {
-                if position < first_kept {
-                    return Err(FeedError::OutOfRange(cursor.clone()));
-                }
-            }
+            self.check_kept(keys::FEED, cursor).await.map_err(|e| match e {
+                StoreError::OutOfRange(_) => FeedError::OutOfRange(cursor.clone()),
+                other => other.into(),
+            })?;
         }
+        let mut connection = self.connection.clone();
         let start = after.map(|c| format!("({c}")).unwrap_or_else(|| "-".into());
         let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = self
             .bounded(

@@ -11,9 +11,12 @@
 //!
 //! - `x|restricted` → `1` while the patient is restricted.
 //!
-//! Beside it, in the same slot: `nrl:{NHS}:audit`, a STREAM of the patient's audit events
-//! (GetAccessLog reads it). And globally: `nrl:audit`, a STREAM of every audit event (the export an
-//! operator can tail), and `nrl:meta:id-key`, the 32-byte key of the pointer-id codec.
+//! Beside it, in the same slot: `nrl:{NHS}:a`, a LIST of the patient's audit events, appended to
+//! and never trimmed (GetAccessLog reads it; a position in it is the page token). A list rather
+//! than a stream: a small stream costs several hundred bytes of structure, a small list a fraction
+//! of that, and the log needs nothing a stream adds. And globally: `nrl:audit`, a STREAM of every
+//! audit event with bounded retention (the export a SIEM shipper tails), and `nrl:meta:id-key`,
+//! the 32-byte key of the pointer-id codec.
 
 use crate::domain::{NhsNumber, OdsCode, ProducerReference};
 
@@ -33,8 +36,9 @@ pub fn follow_cursor(source: &str) -> String {
 }
 pub const RESTRICTED_FIELD: &str = "x|restricted";
 
+/// The patient's access log (a LIST).
 pub fn audit(nhs: NhsNumber) -> String {
-    format!("nrl:{{{nhs}}}:audit")
+    format!("nrl:{{{nhs}}}:a")
 }
 
 pub fn pointers(nhs: NhsNumber) -> String {

@@ -73,3 +73,43 @@ return {id, value}
 "#,
     )
 });
+
+/// Records audit events: each in its patient's log (a LIST, appended to) and, when the export
+/// stream is passed, in the export too, all in one atomic step.
+///
+/// KEYS: 1..k = patients' logs; k+1 = the export stream, when passed (standalone Redis: always;
+///       on a cluster the export is in another slot, so it is recorded by its own invocation).
+/// ARGV: 1 = k; 2 = the export's approximate MAXLEN; then n × (log index 1..k, or 0 for "export
+///       only", encoded event).
+pub static RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local k = tonumber(ARGV[1])
+local export = KEYS[k + 1]
+for i = 3, #ARGV, 2 do
+  local log = tonumber(ARGV[i])
+  if log > 0 then redis.call('RPUSH', KEYS[log], ARGV[i + 1]) end
+  if export then redis.call('XADD', export, 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i + 1]) end
+end
+return 1
+"#,
+    )
+});
+
+/// A page of a patient's log, newest last: the events at positions [max(0, before - limit), before).
+///
+/// KEYS: 1 = the patient's log. ARGV: 1 = before (a position, or -1 for "after the newest");
+///       2 = limit. Returns {first position returned, events oldest first}.
+pub static LOG_PAGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = redis.call('LLEN', KEYS[1])
+local before = tonumber(ARGV[1])
+if before < 0 or before > n then before = n end
+local from = before - tonumber(ARGV[2])
+if from < 0 then from = 0 end
+if before == 0 then return {0, {}} end
+return {from, redis.call('LRANGE', KEYS[1], from, before - 1)}
+"#,
+    )
+});

@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("nrl_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // A snapshot item is a cursor or a whole pointer: box the pointer so the enum stays small.
+    tonic_prost_build::configure().boxed(".nrl.v1.SnapshotItem.item.pointer").compile_fds(fds)?;
     Ok(())
 }

@@ -1165,6 +1165,74 @@ async fn a_regional_node_restarted_on_the_memory_store_is_followed_from_its_new_
     })
     .await;
     eprintln!("A's writes after its restart reached the national index {took:?} later");
+    // A's memory store lost what it held before the restart, so the region has left the patient
+    // registered then: the national node resynchronised from A's snapshot and swept it.
+    wait_located(&national, &before, &Located::new(), "the region A no longer holds, gone from the index").await;
+}
+
+/// The national node is down while a regional node writes far more than its feed keeps: its cursor
+/// is then OUT_OF_RANGE. It resynchronises from the region's snapshot: a pointer deleted meanwhile
+/// leaves no phantom region, a pointer created meanwhile is found, and following resumes after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_national_node_behind_the_feed_retention_resynchronises_without_losing_or_inventing_regions() {
+    let (redis_a, redis_b, redis_n) = tokio::join!(start_redis(), start_redis(), start_redis());
+    let mut plan = FederationPlan::memory(&[A, B]);
+    plan.regional_stores = vec![redis_a.url(), redis_b.url()];
+    plan.national_store = redis_n.url();
+    plan.regional_args = vec!["--feed-retention".into(), "10".into()];
+    let mut federation = Federation::start(plan).await;
+    let (mut a, mut b) = (Api::open(federation.node(A)), Api::open(federation.node(B)));
+    let national = Api::open(&federation.national);
+
+    // Both regions hold `moved`; A also holds `stays`.
+    let (moved, stays) = (new_patient(), new_patient());
+    let gone = create(&mut a, &moved, A, CRISIS_PLAN).await;
+    create(&mut b, &moved, B, NEWS2).await;
+    create(&mut a, &stays, A, EHCP).await;
+    let both = located(&[(A, &[(CRISIS_PLAN, 1)]), (B, &[(NEWS2, 1)])]);
+    wait_located(&national, &moved, &both, "both regions before the outage").await;
+    wait_located(&national, &stays, &located(&[(A, &[(EHCP, 1)])]), "A before the outage").await;
+
+    // While the national node is down, A deletes `moved`'s pointer, registers a new patient, and
+    // writes 300 more changes: the delete and the create are long trimmed from A's feed.
+    federation.national.kill9();
+    delete(&mut a, &gone).await;
+    let arrived = new_patient();
+    create(&mut a, &arrived, A, RESPECT_FORM).await;
+    let others: Vec<String> = (0..30).map(|_| new_patient()).collect();
+    let batch = pb::BatchCreatePointersRequest {
+        pointers: (0..300).map(|i| input(&others[i % others.len()], A, CUSTODIAN, NEWS2)).collect(),
+    };
+    let outcomes = ok("a batch of 300 in A", a.registry.batch_create_pointers(batch)).await.outcomes;
+    assert!(outcomes.iter().all(|o| matches!(o.result, Some(pb::batch_outcome::Result::Created(_)))));
+
+    federation.national.restart();
+    federation.national.wait_serving(START_LIMIT).await;
+    let national = Api::open(&federation.national);
+    let (_, took) = eventually("the national index matches every region again", CONVERGE_WITHIN, || {
+        let (mut national, federation) = (national.clone(), &federation);
+        let patients: Vec<String> =
+            [moved.clone(), stays.clone(), arrived.clone()].into_iter().chain(others.iter().take(5).cloned()).collect();
+        async move {
+            for patient in &patients {
+                let (now, truth) = (locate(&mut national, patient).await?, truth(federation, patient).await);
+                if now != truth {
+                    return Err(format!("{patient}: the index says {now:?}, the regions hold {truth:?}"));
+                }
+            }
+            Ok(())
+        }
+    })
+    .await;
+    eprintln!("resynchronised {took:?} after the national restart");
+    assert_eq!(locate(&mut national.clone(), &moved).await.expect("locate"), located(&[(B, &[(NEWS2, 1)])]));
+    assert_eq!(locate(&mut national.clone(), &arrived).await.expect("locate"), located(&[(A, &[(RESPECT_FORM, 1)])]));
+
+    // Following resumed from the snapshot's cursor: a new write still arrives.
+    let later = new_patient();
+    create(&mut a, &later, A, CRISIS_PLAN).await;
+    wait_located(&national, &later, &located(&[(A, &[(CRISIS_PLAN, 1)])]), "a write after the resync").await;
+    drop((redis_a, redis_b, redis_n));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 use crate::api::conversions as conv;
 use crate::auth::{caller_of, policy, Role};
+use crate::domain::RegionCode;
 use crate::error::RegistryError;
 use crate::proto::nrl::v1 as pb;
 use crate::proto::nrl::v1::change_feed_server::ChangeFeed as ChangeFeedApi;
@@ -50,9 +51,73 @@ fn kind(kind: ChangeKind) -> pb::ChangeKind {
 
 type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::PointerChange, Status>> + Send>>;
 
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotItem, Status>> + Send>>;
+
+impl ChangeFeedService {
+    fn regions(&self, regions: &[String]) -> Result<BTreeSet<RegionCode>, Status> {
+        let parsed = regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                self.reference.regions.parse_code(r).map_err(|e| RegistryError::invalid(format!("regions[{i}]"), e))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(parsed)
+    }
+}
+
 #[tonic::async_trait]
 impl ChangeFeedApi for ChangeFeedService {
     type WatchPointersStream = ChangeStream;
+    type SnapshotPointersStream = SnapshotStream;
+
+    /// The cursor first (taken before the first page is read), then the current pointers of the
+    /// wanted regions, page by page. Like the feed, this is node-to-node replication for the
+    /// `peer` role, logged as one operation rather than audited per patient.
+    async fn snapshot_pointers(
+        &self,
+        request: Request<pb::SnapshotPointersRequest>,
+    ) -> Result<Response<Self::SnapshotPointersStream>, Status> {
+        let caller = caller_of(&request)?;
+        policy::require(&caller, &[Role::Peer], "reading a snapshot")?;
+        let regions = self.regions(&request.get_ref().regions)?;
+        let cursor = self.feed.latest_cursor().await.map_err(status)?;
+        let first = self.feed.snapshot_page(None, BATCH).await.map_err(status)?;
+        let feed = self.feed.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel(BATCH);
+        let application = caller.application.clone();
+        tokio::spawn(async move {
+            if sender.send(Ok(pb::SnapshotItem { item: Some(pb::snapshot_item::Item::Cursor(cursor)) })).await.is_err()
+            {
+                return;
+            }
+            let (mut page, mut next) = first;
+            let mut sent = 0u64;
+            loop {
+                for pointer in page.iter().filter(|p| p.is_current()) {
+                    if !regions.is_empty() && !regions.contains(&pointer.draft.region) {
+                        continue;
+                    }
+                    let item =
+                        pb::SnapshotItem { item: Some(pb::snapshot_item::Item::Pointer(Box::new(pointer.into()))) };
+                    if sender.send(Ok(item)).await.is_err() {
+                        return; // The follower went away.
+                    }
+                    sent += 1;
+                }
+                let Some(after) = next else { break };
+                (page, next) = match feed.snapshot_page(Some(after), BATCH).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = sender.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+            }
+            tracing::info!(application = %application, pointers = sent, "snapshot sent");
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
 
     async fn watch_pointers(
         &self,
@@ -66,14 +131,7 @@ impl ChangeFeedApi for ChangeFeedService {
             cursor if self.feed.valid_feed_cursor(cursor) => Some(cursor.to_string()),
             _ => return Err(RegistryError::invalid("after", "is not a cursor from this feed").into()),
         };
-        let regions: BTreeSet<_> = req
-            .regions
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                self.reference.regions.parse_code(r).map_err(|e| RegistryError::invalid(format!("regions[{i}]"), e))
-            })
-            .collect::<Result<_, _>>()?;
+        let regions = self.regions(&req.regions)?;
         let types: BTreeSet<String> = req
             .types
             .iter()
@@ -150,7 +208,7 @@ pub fn index_update(
             Err(_) => crate::domain::Coding { display: code.clone(), code },
         };
         let updated_at = conv::timestamp(p.updated_at.as_ref()?, "pointer.updated_at").ok()?;
-        Some(IndexEntry { id, region, pointer_type, updated_at })
+        Some(IndexEntry { id, region, pointer_type, updated_at, generation: 0 })
     } else {
         None
     };

@@ -3,7 +3,15 @@
 //!
 //! At-least-once: the cursor is stored after the change is applied, and applying is idempotent, so a
 //! crash in between replays one change harmlessly. A regional node that is down is retried with
-//! backoff; a cursor past the regional feed's retention restarts from the oldest retained change.
+//! backoff.
+//!
+//! Resynchronisation: with no cursor yet (a new national node, or a new region), or when the
+//! regional feed no longer holds our cursor (OUT_OF_RANGE: we were away longer than its retention,
+//! or the node restarted on a store that lost its history), the follower reads a snapshot of the
+//! region (`SnapshotPointers`): the feed cursor first, then every current pointer. It writes each
+//! pointer's index entry stamped with the resync's generation, sweeps the region's entries the
+//! snapshot did not rewrite, stores the cursor and follows from there. A crash mid-resync leaves
+//! the cursor unset, so the next start resynchronises again.
 
 use super::feed_service::index_update;
 use super::peers::Peers;
@@ -54,10 +62,9 @@ async fn follow(
         match outcome {
             Ok(_) => {}
             Err(status) if status.code() == tonic::Code::OutOfRange => {
-                tracing::error!(
+                tracing::warn!(
                     region = %region,
-                    "the regional feed no longer holds our cursor: following again from its oldest retained \
-                     change; changes trimmed meanwhile are missing from the index until a resync exists"
+                    "the regional feed no longer holds our cursor: resynchronising the region from a snapshot"
                 );
                 if let Err(e) = index.set_follow_cursor(region.as_str(), "").await {
                     tracing::warn!(region = %region, error = %e, "cannot reset the follow cursor");
@@ -96,19 +103,14 @@ async fn follow_stream(
     applied: &mut usize,
 ) -> Result<usize, tonic::Status> {
     let unavailable = |e: String| tonic::Status::unavailable(e);
-    let after = index.follow_cursor(region.as_str()).await.map_err(|e| unavailable(e.to_string()))?.unwrap_or_default();
+    let stored = index.follow_cursor(region.as_str()).await.map_err(|e| unavailable(e.to_string()))?;
+    let after = match stored.filter(|c| !c.is_empty()) {
+        Some(cursor) => cursor,
+        None => resync(region, url, peers, index, reference, token).await?,
+    };
     let channel = peers.channel(url).map_err(unavailable)?;
-    let mut request =
-        tonic::Request::new(pb::WatchPointersRequest { after, regions: vec![region.to_string()], types: vec![] });
-    if let Some(token) = token {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| unavailable("the peer token is not valid header text".into()))?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
-        .metadata_mut()
-        .insert(crate::auth::PURPOSE_HEADER, tonic::metadata::MetadataValue::from_static("administration"));
+    let request =
+        peer_request(pb::WatchPointersRequest { after, regions: vec![region.to_string()], types: vec![] }, token)?;
     let mut stream = ChangeFeedClient::new(channel).watch_pointers(request).await?.into_inner();
     tracing::info!(region = %region, url, "following the regional change feed");
     while let Some(change) = stream.message().await? {
@@ -121,4 +123,80 @@ async fn follow_stream(
         *applied += 1;
     }
     Ok(*applied)
+}
+
+/// A request to a regional node's feed, with the peer token and the purpose the feed expects.
+fn peer_request<T>(message: T, token: Option<&str>) -> Result<tonic::Request<T>, tonic::Status> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::unavailable("the peer token is not valid header text"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+        .metadata_mut()
+        .insert(crate::auth::PURPOSE_HEADER, tonic::metadata::MetadataValue::from_static("administration"));
+    Ok(request)
+}
+
+/// How many index entries a resync writes per store call.
+const RESYNC_BATCH: usize = 500;
+
+/// Replaces what the index holds for `region` with a snapshot from its node; returns the feed
+/// cursor to follow from (already stored).
+async fn resync(
+    region: &RegionCode,
+    url: &str,
+    peers: &Peers,
+    index: &dyn RegionIndex,
+    reference: &ReferenceData,
+    token: Option<&str>,
+) -> Result<String, tonic::Status> {
+    let unavailable = |e: String| tonic::Status::unavailable(e);
+    // Entries of earlier resyncs carry earlier start times, entries from following carry 0.
+    let generation = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(1).max(1);
+    let channel = peers.channel(url).map_err(unavailable)?;
+    let request = peer_request(pb::SnapshotPointersRequest { regions: vec![region.to_string()] }, token)?;
+    let mut stream = ChangeFeedClient::new(channel).snapshot_pointers(request).await?.into_inner();
+    let cursor = match stream.message().await? {
+        Some(pb::SnapshotItem { item: Some(pb::snapshot_item::Item::Cursor(cursor)) }) => cursor,
+        other => {
+            return Err(tonic::Status::internal(format!("a snapshot must start with its cursor, got {other:?}")));
+        }
+    };
+    let mut batch = Vec::with_capacity(RESYNC_BATCH);
+    let mut written = 0usize;
+    loop {
+        let item = stream.message().await?;
+        let done = item.is_none();
+        if let Some(pb::SnapshotItem { item: Some(pb::snapshot_item::Item::Pointer(pointer)) }) = item {
+            let change = pb::PointerChange {
+                cursor: String::new(),
+                kind: pb::ChangeKind::Created as i32,
+                pointer: Some(*pointer),
+            };
+            match index_update(&change, reference) {
+                Some(mut update) => {
+                    if let Some(entry) = update.current.as_mut() {
+                        entry.generation = generation;
+                    }
+                    batch.push(update);
+                }
+                None => tracing::warn!(region = %region, "skipping a snapshot pointer the index cannot read"),
+            }
+        }
+        if batch.len() >= RESYNC_BATCH || (done && !batch.is_empty()) {
+            index.index_changes(&batch).await.map_err(|e| unavailable(e.to_string()))?;
+            written += batch.len();
+            batch.clear();
+        }
+        if done {
+            break;
+        }
+    }
+    let removed = index.sweep_region(region, generation).await.map_err(|e| unavailable(e.to_string()))?;
+    index.set_follow_cursor(region.as_str(), &cursor).await.map_err(|e| unavailable(e.to_string()))?;
+    tracing::info!(region = %region, written, removed, "resynchronised the region from a snapshot");
+    Ok(cursor)
 }

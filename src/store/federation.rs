@@ -60,6 +60,19 @@ pub trait ChangeFeed: Send + Sync + 'static {
 
     /// Could this store have produced `cursor`?
     fn valid_feed_cursor(&self, cursor: &str) -> bool;
+
+    /// The cursor of the newest change, or a cursor before every change when there is none yet.
+    /// Taken before a snapshot, it is where a follower resumes once the snapshot is applied: every
+    /// change up to it is already reflected in what the snapshot reads afterwards.
+    async fn latest_cursor(&self) -> Result<String, FeedError>;
+
+    /// One page of a snapshot of every patient's pointers (current and superseded), and the
+    /// position to ask for next (`None`: done). Positions are opaque and belong to one snapshot.
+    async fn snapshot_page(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<Pointer>, Option<String>), FeedError>;
 }
 
 /// What the national index keeps of one pointer: enough to say where a patient's records are.
@@ -69,6 +82,9 @@ pub struct IndexEntry {
     pub region: RegionCode,
     pub pointer_type: Coding,
     pub updated_at: DateTime<Utc>,
+    /// The resynchronisation that wrote this entry (its start, in unix ms), or 0 when it was
+    /// written by following the feed. A resync sweeps its region's entries older than itself.
+    pub generation: u64,
 }
 
 /// One change as the index sees it: the pointer is now current (`Some`) or not (`None`: deleted or
@@ -88,6 +104,7 @@ impl IndexUpdate {
             region: p.draft.region.clone(),
             pointer_type: p.draft.pointer_type.coding.clone(),
             updated_at: p.updated_at,
+            generation: 0,
         });
         Self { nhs_number: p.draft.nhs_number, id: p.id, current }
     }
@@ -107,4 +124,9 @@ pub trait RegionIndex: Send + Sync + 'static {
     async fn follow_cursor(&self, source: &str) -> Result<Option<String>, StoreError>;
 
     async fn set_follow_cursor(&self, source: &str, cursor: &str) -> Result<(), StoreError>;
+
+    /// Removes every entry of `region` written before resynchronisation `generation` (entries with
+    /// a smaller generation): what a snapshot did not rewrite is gone from the region. Returns how
+    /// many were removed. Walks the whole index: for resynchronisation only.
+    async fn sweep_region(&self, region: &RegionCode, generation: u64) -> Result<u64, StoreError>;
 }

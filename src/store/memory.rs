@@ -4,7 +4,7 @@
 use super::federation::{changes_of, Change, ChangeFeed, FeedError, IndexEntry, IndexUpdate, RegionIndex};
 use super::{Condition, PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
 use crate::audit::{AuditEvent, AuditStore, EventPage};
-use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec};
+use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec, RegionCode};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -48,7 +48,9 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store. Its id key is random: ids, like the data, die with the process.
     pub fn new() -> Self {
-        Self { tables: Mutex::new(Tables::default()), ids: PointerIdCodec::random(), epoch: rand::random() }
+        // Sequences start at 1, so `EPOCH-0` is the cursor before every change.
+        let tables = Tables { next_sequence: 1, ..Tables::default() };
+        Self { tables: Mutex::new(tables), ids: PointerIdCodec::random(), epoch: rand::random() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Tables> {
@@ -232,15 +234,16 @@ impl AuditStore for MemoryStore {
 impl ChangeFeed for MemoryStore {
     async fn changes_after(&self, after: Option<String>, limit: usize) -> Result<Vec<Change>, FeedError> {
         let tables = self.lock();
+        let oldest = tables.feed.front().map_or(tables.next_sequence, |(s, _)| *s);
         let start = match after.as_deref() {
-            None => 0,
+            // From the oldest change kept, whatever was trimmed before it.
+            None => oldest,
             Some(cursor) => match self.parse_feed_cursor(cursor) {
                 Some((epoch, sequence)) if epoch == self.epoch => sequence + 1,
                 // Another incarnation's cursor, or garbage: the history it refers to is gone.
                 _ => return Err(FeedError::OutOfRange(cursor.to_string())),
             },
         };
-        let oldest = tables.feed.front().map_or(tables.next_sequence, |(s, _)| *s);
         if start < oldest {
             return Err(FeedError::OutOfRange(after.unwrap_or_default()));
         }
@@ -256,6 +259,20 @@ impl ChangeFeed for MemoryStore {
 
     fn valid_feed_cursor(&self, cursor: &str) -> bool {
         self.parse_feed_cursor(cursor).is_some()
+    }
+
+    async fn latest_cursor(&self) -> Result<String, FeedError> {
+        Ok(format!("{}-{}", self.epoch, self.lock().next_sequence - 1))
+    }
+
+    /// The whole store in one page: it is in memory already, and a development store.
+    async fn snapshot_page(
+        &self,
+        _after: Option<String>,
+        _limit: usize,
+    ) -> Result<(Vec<Pointer>, Option<String>), FeedError> {
+        let tables = self.lock();
+        Ok((tables.by_patient.values().flat_map(|pointers| pointers.values().cloned()).collect(), None))
     }
 }
 
@@ -293,5 +310,17 @@ impl RegionIndex for MemoryStore {
     async fn set_follow_cursor(&self, source: &str, cursor: &str) -> Result<(), StoreError> {
         self.lock().cursors.insert(source.to_string(), cursor.to_string());
         Ok(())
+    }
+
+    async fn sweep_region(&self, region: &RegionCode, generation: u64) -> Result<u64, StoreError> {
+        let mut tables = self.lock();
+        let mut removed = 0;
+        tables.index.retain(|_, entries| {
+            let before = entries.len();
+            entries.retain(|_, e| e.region != *region || e.generation >= generation);
+            removed += (before - entries.len()) as u64;
+            !entries.is_empty()
+        });
+        Ok(removed)
     }
 }

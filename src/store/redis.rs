@@ -15,7 +15,7 @@ mod scripts;
 use super::federation::{changes_of, Change, ChangeFeed, FeedError, IndexEntry, IndexUpdate, RegionIndex};
 use super::{Condition, PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
 use crate::audit::{AuditEvent, AuditStore, EventPage};
-use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec, PointerTypeCatalogue};
+use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec, PointerTypeCatalogue, RegionCode};
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -701,12 +701,7 @@ fn stream_position(id: &str) -> Option<(u64, u64)> {
 #[async_trait]
 impl ChangeFeed for RedisStore {
     async fn changes_after(&self, after: Option<String>, limit: usize) -> Result<Vec<Change>, FeedError> {
-        if self.feed.is_none() {
-            return Err(FeedError::Unsupported(
-                "the change feed needs a memory or standalone Redis store (on Redis Cluster it would span slots)"
-                    .into(),
-            ));
-        }
+        self.feed_supported()?;
         if let Some(cursor) = &after {
             self.check_kept(keys::FEED, cursor).await.map_err(|e| match e {
                 StoreError::OutOfRange(_) => FeedError::OutOfRange(cursor.clone()),
@@ -741,6 +736,167 @@ impl ChangeFeed for RedisStore {
 
     fn valid_feed_cursor(&self, cursor: &str) -> bool {
         stream_position(cursor).is_some()
+    }
+
+    async fn latest_cursor(&self) -> Result<String, FeedError> {
+        self.feed_supported()?;
+        let mut connection = self.connection.clone();
+        let info: HashMap<String, redis::Value> =
+            match self.bounded(redis::cmd("XINFO").arg("STREAM").arg(keys::FEED).query_async(&mut connection)).await {
+                Ok(info) => info,
+                // No stream: no change yet. `0-0` is before every id Redis will generate.
+                Err(StoreError::Unavailable(e)) if e.contains("no such key") => return Ok("0-0".into()),
+                Err(e) => return Err(e.into()),
+            };
+        info.get("last-generated-id")
+            .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+            .ok_or_else(|| FeedError::Store(StoreError::Corrupt("the feed stream has no last-generated-id".into())))
+    }
+
+    /// A SCAN over the patients' hashes: `after` is the SCAN cursor. SCAN returns every key that
+    /// exists for the whole scan at least once (a key may come twice: applying is idempotent).
+    async fn snapshot_page(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<Pointer>, Option<String>), FeedError> {
+        self.feed_supported()?;
+        let Connection::Single(connection) = &self.connection else {
+            return Err(FeedError::Unsupported("snapshots need a standalone Redis store".into()));
+        };
+        let cursor = after.unwrap_or_else(|| "0".into());
+        let (next, keys) = self.scan_page(connection, &cursor, "nrl:{*}:p", limit).await?;
+        let reads = keys.iter().map(|key| {
+            let mut connection = self.connection.clone();
+            async move {
+                let fields: Vec<(Vec<u8>, Vec<u8>)> =
+                    self.bounded(redis::cmd("HGETALL").arg(key).query_async(&mut connection)).await?;
+                Ok::<_, StoreError>((key, fields))
+            }
+        });
+        let mut pointers = Vec::new();
+        for read in futures::future::join_all(reads).await {
+            let (key, fields) = read?;
+            let nhs = keys::patient_of(key).ok_or_else(|| StoreError::Corrupt(format!("key {key}")))?;
+            for (field, value) in fields.iter().filter(|(f, _)| keys::is_pointer_field(f)) {
+                pointers.push(self.decode(nhs, field, value)?);
+            }
+        }
+        Ok((pointers, (next != "0").then_some(next)))
+    }
+}
+
+impl RedisStore {
+    fn feed_supported(&self) -> Result<(), FeedError> {
+        match self.feed {
+            Some(_) => Ok(()),
+            None => Err(FeedError::Unsupported(
+                "the change feed needs a memory or standalone Redis store (on Redis Cluster it would span slots)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// One SCAN step on one node: (next cursor, "0" when done; keys matching `pattern`).
+    async fn scan_page(
+        &self,
+        connection: &ConnectionManager,
+        cursor: &str,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(String, Vec<String>), StoreError> {
+        let mut connection = connection.clone();
+        self.bounded(
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut connection),
+        )
+        .await
+    }
+
+    /// One SCAN step on the master serving `slot` (Redis Cluster).
+    async fn scan_page_at(
+        &self,
+        connection: &ClusterConnection,
+        slot: u16,
+        cursor: &str,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(String, Vec<String>), StoreError> {
+        let mut connection = connection.clone();
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)));
+        let value = self.bounded(connection.route_command(scan, route)).await?;
+        redis::from_redis_value(value).map_err(|e| StoreError::Corrupt(format!("SCAN reply: {e}")))
+    }
+
+    /// Every key matching `pattern`, page by page, on every master; `visit` gets each page.
+    async fn scan_all<F, Fut>(&self, pattern: &str, mut visit: F) -> Result<(), StoreError>
+    where
+        F: FnMut(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
+        const PAGE: usize = 1000;
+        match &self.connection {
+            Connection::Single(connection) => {
+                let mut cursor = "0".to_string();
+                loop {
+                    let (next, keys) = self.scan_page(connection, &cursor, pattern, PAGE).await?;
+                    visit(keys).await?;
+                    if next == "0" {
+                        return Ok(());
+                    }
+                    cursor = next;
+                }
+            }
+            Connection::Cluster(connection) => {
+                for slot in self.one_slot_per_master(connection).await? {
+                    let mut cursor = "0".to_string();
+                    loop {
+                        let (next, keys) = self.scan_page_at(connection, slot, &cursor, pattern, PAGE).await?;
+                        visit(keys).await?;
+                        if next == "0" {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A slot served by each master (from CLUSTER SLOTS), to route a per-node command like SCAN.
+    async fn one_slot_per_master(&self, connection: &ClusterConnection) -> Result<Vec<u16>, StoreError> {
+        let mut connection = connection.clone();
+        let value = self
+            .bounded(connection.route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            ))
+            .await?;
+        let ranges: Vec<Value> =
+            redis::from_redis_value(value).map_err(|e| StoreError::Corrupt(format!("CLUSTER SLOTS: {e}")))?;
+        let mut masters: HashMap<(String, u16), u16> = HashMap::new();
+        for range in ranges {
+            let Value::Array(parts) = range else { continue };
+            let start = parts.first().and_then(|v| redis::from_redis_value::<u16>(v.clone()).ok());
+            let master = parts.get(2).and_then(|v| redis::from_redis_value::<Vec<Value>>(v.clone()).ok());
+            let address = master.and_then(|m| {
+                let host = m.first().and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())?;
+                let port = m.get(1).and_then(|v| redis::from_redis_value::<u16>(v.clone()).ok())?;
+                Some((host, port))
+            });
+            if let (Some(start), Some(address)) = (start, address) {
+                masters.entry(address).or_insert(start);
+            }
+        }
+        Ok(masters.into_values().collect())
     }
 }
 
@@ -794,6 +950,40 @@ impl RegionIndex for RedisStore {
             .bounded(redis::cmd("SET").arg(keys::follow_cursor(source)).arg(cursor).query_async(&mut connection))
             .await?;
         Ok(())
+    }
+
+    /// SCANs every patient's index hash (on every master of a cluster) and HDELs the region's
+    /// entries older than `generation`. Only this region's follower writes this region's entries,
+    /// and it is the one sweeping, so nothing it removes can be a newer write.
+    async fn sweep_region(&self, region: &RegionCode, generation: u64) -> Result<u64, StoreError> {
+        let removed = std::sync::atomic::AtomicU64::new(0);
+        let removed_ref = &removed;
+        self.scan_all("nrl:{*}:i", |keys| async move {
+            let sweeps = keys.into_iter().map(|key| async move {
+                let mut connection = self.connection.clone();
+                let fields: Vec<(Vec<u8>, String)> =
+                    self.bounded(redis::cmd("HGETALL").arg(&key).query_async(&mut connection)).await?;
+                let mut stale = Vec::new();
+                for (id, value) in &fields {
+                    let entry = encoding::decode_index_entry(id, value, &self.catalogue)?;
+                    if entry.region == *region && entry.generation < generation {
+                        stale.push(id.clone());
+                    }
+                }
+                if !stale.is_empty() {
+                    let n: u64 =
+                        self.bounded(redis::cmd("HDEL").arg(&key).arg(&stale).query_async(&mut connection)).await?;
+                    removed_ref.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok::<(), StoreError>(())
+            });
+            for result in futures::future::join_all(sweeps).await {
+                result?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(removed.into_inner())
     }
 }
 

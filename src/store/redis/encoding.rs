@@ -298,9 +298,13 @@ pub fn decode_change(cursor: String, bytes: &[u8], catalogue: &PointerTypeCatalo
     })
 }
 
-/// An index entry's value: `region|type|updated ms`.
+/// An index entry's value: `region|type|updated ms`, then `|generation` when written by a resync.
 pub fn encode_index_entry(entry: &crate::store::federation::IndexEntry) -> String {
-    format!("{}|{}|{}", entry.region, entry.pointer_type.code, entry.updated_at.timestamp_millis())
+    let base = format!("{}|{}|{}", entry.region, entry.pointer_type.code, entry.updated_at.timestamp_millis());
+    match entry.generation {
+        0 => base,
+        generation => format!("{base}|{generation}"),
+    }
 }
 
 pub fn decode_index_entry(
@@ -308,9 +312,13 @@ pub fn decode_index_entry(
     value: &str,
     catalogue: &PointerTypeCatalogue,
 ) -> Result<crate::store::federation::IndexEntry, StoreError> {
-    let mut parts = value.splitn(3, '|');
+    let mut parts = value.splitn(4, '|');
     let (Some(region), Some(code), Some(ms)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(StoreError::Corrupt("index entry".into()));
+    };
+    let generation = match parts.next() {
+        None => 0,
+        Some(generation) => generation.parse().map_err(corrupt("index generation"))?,
     };
     let pointer_type = match catalogue.pointer_type(code) {
         Ok(t) => t.coding.clone(),
@@ -321,6 +329,7 @@ pub fn decode_index_entry(
         region: RegionCode::parse(region).ok_or_else(|| StoreError::Corrupt("index region".into()))?,
         pointer_type,
         updated_at: millis(ms.parse().map_err(corrupt("index time"))?)?,
+        generation,
     })
 }
 

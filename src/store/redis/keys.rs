@@ -45,6 +45,12 @@ pub fn pointers(nhs: NhsNumber) -> String {
     format!("nrl:{{{nhs}}}:p")
 }
 
+/// The patient a patient key (`nrl:{NHS}:…`) belongs to.
+pub fn patient_of(key: &str) -> Option<NhsNumber> {
+    let tag = key.strip_prefix("nrl:{")?.split_once('}')?.0;
+    NhsNumber::parse(tag).ok()
+}
+
 /// The field of a reference in the patient's hash. Neither part can contain `|`.
 pub fn reference_field(custodian: &OdsCode, reference: &ProducerReference) -> String {
     format!("r|{custodian}|{}", reference.as_str())
@@ -87,6 +93,10 @@ mod tests {
     fn a_patients_keys_share_the_tag() {
         let nhs = NhsNumber::parse("9434765919").expect("valid");
         assert_eq!(pointers(nhs), "nrl:{9434765919}:p");
+        assert_eq!(patient_of(&pointers(nhs)), Some(nhs));
+        assert_eq!(patient_of(&audit(nhs)), Some(nhs));
+        assert_eq!(patient_of("nrl:meta:id-key"), None);
+        assert_eq!(patient_of("nrl:{123}:p"), None);
         let field =
             reference_field(&OdsCode::parse("RR8").expect("ods"), &ProducerReference::parse("D-1").expect("ref"));
         assert!(!is_pointer_field(field.as_bytes()));

@@ -248,7 +248,7 @@ impl Registry {
             }
         }
 
-        let applied = self.store.apply_each(pending.iter().map(|(_, p)| Self::creation(p)).collect()).await;
+        let applied = self.create_grouped(&pending).await;
         let mut taken: Vec<(usize, PointerDraft)> = Vec::new();
         for ((i, pointer), result) in pending.into_iter().zip(applied) {
             match result {
@@ -279,6 +279,56 @@ impl Registry {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(RegistryError::Internal("batch entry without outcome".into()))))
             .collect()
+    }
+
+    /// Creates each pointer, grouped into one write per patient: one atomic script on Redis for a
+    /// patient's several pointers instead of one each. A group whose conditions fail (a reference
+    /// already taken, usually a replayed extract) is retried entry by entry, so every entry gets
+    /// its own outcome. Results are in `pending` order.
+    async fn create_grouped(&self, pending: &[(usize, Pointer)]) -> Vec<Result<(), StoreError>> {
+        let mut groups: Vec<(PatientWrite, Vec<usize>)> = Vec::new();
+        let mut open: HashMap<NhsNumber, usize> = HashMap::new();
+        for (k, (_, pointer)) in pending.iter().enumerate() {
+            let write = Self::creation(pointer);
+            // Two entries claiming one reference cannot share a write: both conditions would be
+            // checked before either put. The second starts a new group.
+            let joinable = open.get(&write.nhs_number).copied().filter(|&g| {
+                !write
+                    .conditions
+                    .iter()
+                    .any(|c| matches!(c, Condition::ReferenceFree(..)) && groups[g].0.conditions.contains(c))
+            });
+            match joinable {
+                Some(g) => {
+                    let (group, members) = &mut groups[g];
+                    group.conditions.extend(write.conditions);
+                    group.puts.extend(write.puts);
+                    members.push(k);
+                }
+                None => {
+                    open.insert(write.nhs_number, groups.len());
+                    groups.push((write, vec![k]));
+                }
+            }
+        }
+        let (writes, members): (Vec<PatientWrite>, Vec<Vec<usize>>) = groups.into_iter().unzip();
+        let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); pending.len()];
+        let mut retry: Vec<usize> = Vec::new();
+        for (outcome, members) in self.store.apply_each(writes).await.into_iter().zip(members) {
+            match outcome {
+                Ok(()) => {}
+                Err(StoreError::ConditionFailed) if members.len() > 1 => retry.extend(members),
+                Err(e) => members.iter().for_each(|&k| results[k] = Err(e.clone())),
+            }
+        }
+        if !retry.is_empty() {
+            let one_by_one =
+                self.store.apply_each(retry.iter().map(|&k| Self::creation(&pending[k].1)).collect()).await;
+            for (k, outcome) in retry.into_iter().zip(one_by_one) {
+                results[k] = outcome;
+            }
+        }
+        results
     }
 
     async fn stored(&self, id: PointerId) -> Result<Pointer, RegistryError> {

@@ -12,7 +12,7 @@ mod encoding;
 mod keys;
 mod scripts;
 
-use super::federation::{changes_of, Change, ChangeFeed, FeedError, IndexEntry, IndexUpdate, RegionIndex};
+use super::federation::{changes_of, Change, ChangeFeed, ChangeKind, FeedError, IndexEntry, IndexUpdate, RegionIndex};
 use super::{Condition, PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
 use crate::audit::{AuditEvent, AuditStore, EventPage};
 use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec, PointerTypeCatalogue, RegionCode};
@@ -304,16 +304,22 @@ impl RedisStore {
         for pointer in &write.deletes {
             invocation.arg(pointer.id.as_bytes().as_slice()).arg(reference_of(pointer));
         }
+        // Each put is encoded once: the same bytes go into the hash and into its feed change.
+        let values: Vec<Vec<u8>> = write.puts.iter().map(encoding::encode).collect();
         invocation.arg(write.puts.len());
-        for pointer in &write.puts {
-            invocation.arg(pointer.id.as_bytes().as_slice()).arg(encoding::encode(pointer)).arg(reference_of(pointer));
+        for (pointer, value) in write.puts.iter().zip(&values) {
+            invocation.arg(pointer.id.as_bytes().as_slice()).arg(value.as_slice()).arg(reference_of(pointer));
         }
         match self.feed {
             Some(maxlen) => {
                 let changes = changes_of(write);
                 invocation.arg(changes.len()).arg(maxlen);
                 for change in &changes {
-                    invocation.arg(encoding::encode_change(change));
+                    let value = match change.kind {
+                        ChangeKind::Deleted => None,
+                        _ => write.puts.iter().position(|p| p.id == change.pointer.id).map(|i| values[i].as_slice()),
+                    };
+                    invocation.arg(encoding::encode_change(change, value));
                 }
             }
             None => {

@@ -278,12 +278,13 @@ struct StoredChange {
 const CHANGE_KINDS: [ChangeKind; 4] =
     [ChangeKind::Created, ChangeKind::Updated, ChangeKind::Superseded, ChangeKind::Deleted];
 
-pub fn encode_change(change: &Change) -> Vec<u8> {
+/// A change, given the pointer's stored value when the caller has it already (`encode(pointer)`).
+pub fn encode_change(change: &Change, value: Option<&[u8]>) -> Vec<u8> {
     StoredChange {
         kind: position(&CHANGE_KINDS, &change.kind),
         nhs_number: change.pointer.draft.nhs_number.as_u64(),
         id: change.pointer.id.as_bytes().to_vec(),
-        value: encode(&change.pointer),
+        value: value.map_or_else(|| encode(&change.pointer), <[u8]>::to_vec),
     }
     .encode_to_vec()
 }

@@ -11,8 +11,13 @@ use std::sync::LazyLock;
 /// ARGV: n, then n × (kind, a, b) conditions: `A` id (absent), `V` id version8 (at version),
 ///       `R` field (reference free); then n, then n × (id, ref-field or "") deletes; then n, then
 ///       n × (id, value, ref-field or "") puts; then n, and when n > 0 the feed's MAXLEN (exact,
-///       so a follower's cursor is out of range exactly when the retention says) and n encoded changes to append to the feed, in the same atomic step.
+///       so a follower's cursor is out of range exactly when the retention says) and n encoded
+///       changes to append to the feed, in the same atomic step.
 /// Returns 1 when applied, 0 when a condition failed (nothing written).
+///
+/// Each `redis.call` costs more than the command itself, so the script makes few: one HMGET for
+/// every field that must be absent, one HSET for every put and its reference entry (pairs apply
+/// in order, as separate HSETs would), and one XADD per change (each change has its own cursor).
 pub static APPLY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -23,29 +28,43 @@ local function take()
   i = i + 1
   return v
 end
+local absent, versions = {}, {}
 for _ = 1, tonumber(take()) do
   local kind, a, b = take(), take(), take()
-  if kind == 'A' then
-    if redis.call('HEXISTS', p, a) == 1 then return 0 end
+  if kind == 'A' or kind == 'R' then
+    absent[#absent + 1] = a
   elseif kind == 'V' then
-    local v = redis.call('HGET', p, a)
-    if not v or string.sub(v, 1, 8) ~= b then return 0 end
-  elseif kind == 'R' then
-    if redis.call('HEXISTS', p, a) == 1 then return 0 end
+    versions[#versions + 1] = {a, b}
   else
     return redis.error_reply('nrl: unknown condition ' .. tostring(kind))
   end
+end
+if #absent > 0 then
+  local found = redis.call('HMGET', p, unpack(absent))
+  for j = 1, #absent do
+    if found[j] then return 0 end
+  end
+end
+for _, v in ipairs(versions) do
+  local stored = redis.call('HGET', p, v[1])
+  if not stored or string.sub(stored, 1, 8) ~= v[2] then return 0 end
 end
 for _ = 1, tonumber(take()) do
   local id, ref = take(), take()
   redis.call('HDEL', p, id)
   if ref ~= '' and redis.call('HGET', p, ref) == id then redis.call('HDEL', p, ref) end
 end
+local puts = {}
 for _ = 1, tonumber(take()) do
   local id, value, ref = take(), take(), take()
-  redis.call('HSET', p, id, value)
-  if ref ~= '' then redis.call('HSET', p, ref, id) end
+  puts[#puts + 1] = id
+  puts[#puts + 1] = value
+  if ref ~= '' then
+    puts[#puts + 1] = ref
+    puts[#puts + 1] = id
+  end
 end
+if #puts > 0 then redis.call('HSET', p, unpack(puts)) end
 local changes = tonumber(take())
 if changes > 0 then
   local maxlen = take()

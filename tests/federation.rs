@@ -28,6 +28,7 @@ use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::audit_log_client::AuditLogClient;
 use nrl_registry::proto::nrl::v1::change_feed_client::ChangeFeedClient;
 use nrl_registry::proto::nrl::v1::federated_locator_client::FederatedLocatorClient;
+use nrl_registry::proto::nrl::v1::patient_admin_client::PatientAdminClient;
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
 use nrl_registry::proto::nrl::v1::record_locator_client::RecordLocatorClient;
 use rand::rngs::StdRng;
@@ -1579,6 +1580,63 @@ fn auth_args(secret: &std::path::Path) -> Vec<String> {
         "--jwt-audience".into(),
         AUDIENCE.into(),
     ]
+}
+
+/// A restriction set on a regional node reaches the national node through the feed (and through a
+/// snapshot after the national node restarts): LocatePatient there then shows ordinary consumers
+/// nothing, break-glass still shows every region, and lifting it shows the patient again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_restricted_at_their_regional_node_is_not_located_by_the_national_node() {
+    let secrets = TempDir::new("nrl-federation-secrets");
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, SECRET).expect("write the secret");
+    let peer_token = secrets.path().join("peer.token");
+    std::fs::write(&peer_token, token("national-locator", "X26", &["peer"], None)).expect("write the peer token");
+    let mut plan = FederationPlan::memory(&[A, B]);
+    plan.common_args = auth_args(&secret);
+    plan.national_args = vec!["--peer-token-file".into(), peer_token.to_string_lossy().to_string()];
+    let mut federation = Federation::start(plan).await;
+
+    let producer = Credentials::bearer(&token("shared-care-feed", CUSTODIAN, &["producer"], None));
+    let (mut a, mut b) = (Api::new(federation.node(A), producer.clone()), Api::new(federation.node(B), producer));
+    let consumer = Credentials::bearer(&token("leeds-gp-portal", "B86001", &["consumer"], None));
+    let emergency = consumer.clone().purpose("emergency");
+    let admin = Credentials::bearer(&token("a-records-office", "X26", &["admin"], None)).purpose("administration");
+    let mut admin_a = PatientAdminClient::with_interceptor(federation.node(A).channel(), admin);
+    let patient = new_patient();
+    create(&mut a, &patient, A, CRISIS_PLAN).await;
+    create(&mut b, &patient, B, NEWS2).await;
+    let both = located(&[(A, &[(CRISIS_PLAN, 1)]), (B, &[(NEWS2, 1)])]);
+    wait_located(&Api::new(&federation.national, consumer.clone()), &patient, &both, "both regions").await;
+
+    let restrict = |restricted: bool| pb::SetRestrictionRequest { nhs_number: patient.clone(), restricted };
+    ok("restrict at A", admin_a.set_restriction(restrict(true))).await;
+    let hidden = Located::new();
+    wait_located(&Api::new(&federation.national, consumer.clone()), &patient, &hidden, "hidden once A restricts").await;
+    let mut glass = Api::new(&federation.national, emergency.clone());
+    assert_eq!(locate(&mut glass, &patient).await.expect("break-glass locate"), both, "break-glass sees every region");
+
+    ok("lift at A", admin_a.set_restriction(restrict(false))).await;
+    wait_located(&Api::new(&federation.national, consumer.clone()), &patient, &both, "shown once A lifts it").await;
+
+    // Restricted again, then the national node restarts on its memory store: it rebuilds the index
+    // from each region's snapshot, restriction included.
+    ok("restrict at A again", admin_a.set_restriction(restrict(true))).await;
+    wait_located(&Api::new(&federation.national, consumer.clone()), &patient, &hidden, "hidden again").await;
+    federation.national.kill9();
+    federation.national.restart();
+    federation.national.wait_serving(START_LIMIT).await;
+    let glass = Api::new(&federation.national, emergency);
+    eventually("the restarted national index, from the snapshots", CONVERGE_WITHIN, || {
+        let (mut glass, patient, both) = (glass.clone(), patient.clone(), both.clone());
+        async move {
+            let now = locate(&mut glass, &patient).await?;
+            (now == both).then_some(()).ok_or(format!("break-glass locate says {now:?}"))
+        }
+    })
+    .await;
+    let mut ordinary = Api::new(&federation.national, consumer);
+    assert_eq!(locate(&mut ordinary, &patient).await.expect("locate"), hidden, "still restricted after the resync");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use crate::error::RegistryError;
 use crate::proto::nrl::v1 as pb;
 use crate::proto::nrl::v1::change_feed_server::ChangeFeed as ChangeFeedApi;
 use crate::registry::ReferenceData;
-use crate::store::federation::{Change, ChangeFeed, ChangeKind, FeedError};
+use crate::store::federation::{Change, ChangeBody, ChangeFeed, ChangeKind, FeedError};
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -91,22 +91,24 @@ impl ChangeFeedApi for ChangeFeedService {
             {
                 return;
             }
-            let (mut page, mut next) = first;
+            let mut page = first;
             let mut sent = 0u64;
             loop {
-                for pointer in page.iter().filter(|p| p.is_current()) {
-                    if !regions.is_empty() && !regions.contains(&pointer.draft.region) {
-                        continue;
-                    }
-                    let item =
-                        pb::SnapshotItem { item: Some(pb::snapshot_item::Item::Pointer(Box::new(pointer.into()))) };
-                    if sender.send(Ok(item)).await.is_err() {
+                let pointers = page
+                    .pointers
+                    .iter()
+                    .filter(|p| p.is_current() && (regions.is_empty() || regions.contains(&p.draft.region)))
+                    .map(|p| pb::snapshot_item::Item::Pointer(Box::new(p.into())));
+                let restricted =
+                    page.restricted.iter().map(|nhs| pb::snapshot_item::Item::RestrictedNhsNumber(nhs.to_string()));
+                for item in pointers.chain(restricted) {
+                    if sender.send(Ok(pb::SnapshotItem { item: Some(item) })).await.is_err() {
                         return; // The follower went away.
                     }
                     sent += 1;
                 }
-                let Some(after) = next else { break };
-                (page, next) = match feed.snapshot_page(Some(after), BATCH).await {
+                let Some(after) = page.next else { break };
+                page = match feed.snapshot_page(Some(after), BATCH).await {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = sender.send(Err(status(e))).await;
@@ -114,7 +116,7 @@ impl ChangeFeedApi for ChangeFeedService {
                     }
                 };
             }
-            tracing::info!(application = %application, pointers = sent, "snapshot sent");
+            tracing::info!(application = %application, items = sent, "snapshot sent");
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
     }
@@ -144,9 +146,13 @@ impl ChangeFeedApi for ChangeFeedService {
                     .map_err(|e| RegistryError::invalid(format!("types[{i}]"), e))
             })
             .collect::<Result<_, _>>()?;
-        let wanted = move |change: &Change| {
-            (regions.is_empty() || regions.contains(&change.pointer.draft.region))
-                && (types.is_empty() || types.contains(&change.pointer.draft.pointer_type.coding.code))
+        // A restriction covers every pointer of the patient here: every watcher gets it.
+        let wanted = move |change: &Change| match &change.body {
+            ChangeBody::Pointer { pointer, .. } => {
+                (regions.is_empty() || regions.contains(&pointer.draft.region))
+                    && (types.is_empty() || types.contains(&pointer.draft.pointer_type.coding.code))
+            }
+            ChangeBody::Restriction { .. } => true,
         };
         // The first read happens before the stream starts, so a stale cursor is a status.
         let first = self.feed.changes_after(after.clone(), BATCH).await.map_err(status)?;
@@ -161,10 +167,21 @@ impl ChangeFeedApi for ChangeFeedService {
                     if !wanted(&change) {
                         continue;
                     }
-                    let message = pb::PointerChange {
-                        cursor: change.cursor.clone().unwrap_or_default(),
-                        kind: kind(change.kind) as i32,
-                        pointer: Some((&change.pointer).into()),
+                    let cursor = change.cursor.clone().unwrap_or_default();
+                    let message = match &change.body {
+                        ChangeBody::Pointer { kind: k, pointer } => pb::PointerChange {
+                            cursor,
+                            kind: kind(*k) as i32,
+                            pointer: Some(pointer.as_ref().into()),
+                            nhs_number: pointer.draft.nhs_number.to_string(),
+                        },
+                        ChangeBody::Restriction { nhs_number, restricted } => pb::PointerChange {
+                            cursor,
+                            kind: if *restricted { pb::ChangeKind::Restricted } else { pb::ChangeKind::Unrestricted }
+                                as i32,
+                            pointer: None,
+                            nhs_number: nhs_number.to_string(),
+                        },
                     };
                     if sender.send(Ok(message)).await.is_err() {
                         return; // The follower went away.

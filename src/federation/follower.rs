@@ -8,14 +8,18 @@
 //! Resynchronisation: with no cursor yet (a new national node, or a new region), or when the
 //! regional feed no longer holds our cursor (OUT_OF_RANGE: we were away longer than its retention,
 //! or the node restarted on a store that lost its history), the follower reads a snapshot of the
-//! region (`SnapshotPointers`): the feed cursor first, then every current pointer. It writes each
-//! pointer's index entry stamped with the resync's generation, sweeps the region's entries the
-//! snapshot did not rewrite, stores the cursor and follows from there. A crash mid-resync leaves
+//! region (`SnapshotPointers`): the feed cursor first, then every current pointer and restricted
+//! patient. It writes each index entry and restriction stamped with the resync's generation, sweeps
+//! the region's entries the snapshot did not rewrite, stores the cursor and follows from there.
+//!
+//! Restriction changes set or clear the region's restriction of the patient in the index; while
+//! any region restricts a patient, LocatePatient on the national node treats the patient as
+//! restricted. A crash mid-resync leaves
 //! the cursor unset, so the next start resynchronises again.
 
 use super::feed_service::index_update;
 use super::peers::Peers;
-use crate::domain::RegionCode;
+use crate::domain::{NhsNumber, RegionCode};
 use crate::proto::nrl::v1 as pb;
 use crate::proto::nrl::v1::change_feed_client::ChangeFeedClient;
 use crate::registry::ReferenceData;
@@ -131,7 +135,19 @@ impl Follower {
         let mut stream = self.client()?.watch_pointers(request).await?.into_inner();
         tracing::info!(region = %region, url = %self.url, "following the regional change feed");
         while let Some(change) = stream.message().await? {
-            if let Some(update) = index_update(&change, &self.reference) {
+            let restriction = match pb::ChangeKind::try_from(change.kind) {
+                Ok(pb::ChangeKind::Restricted) => Some(Some(0)),
+                Ok(pb::ChangeKind::Unrestricted) => Some(None),
+                _ => None,
+            };
+            if let Some(restricted) = restriction {
+                match NhsNumber::parse(&change.nhs_number) {
+                    Ok(nhs) => index.set_region_restriction(nhs, region, restricted).await.map_err(unavailable)?,
+                    Err(_) => {
+                        tracing::warn!(region = %region, cursor = %change.cursor, "skipping a restriction change without a valid NHS number")
+                    }
+                }
+            } else if let Some(update) = index_update(&change, &self.reference) {
                 index.index_changes(&[update]).await.map_err(unavailable)?;
             } else {
                 tracing::warn!(region = %region, cursor = %change.cursor, "skipping a change the index cannot read");
@@ -161,10 +177,21 @@ impl Follower {
         loop {
             let item = stream.message().await?;
             let done = item.is_none();
+            if let Some(pb::SnapshotItem { item: Some(pb::snapshot_item::Item::RestrictedNhsNumber(nhs)) }) = &item {
+                match NhsNumber::parse(nhs) {
+                    Ok(nhs) => {
+                        index.set_region_restriction(nhs, region, Some(generation)).await.map_err(unavailable)?
+                    }
+                    Err(_) => {
+                        tracing::warn!(region = %region, "skipping a snapshot restriction without a valid NHS number")
+                    }
+                }
+            }
             if let Some(pb::SnapshotItem { item: Some(pb::snapshot_item::Item::Pointer(pointer)) }) = item {
                 let change = pb::PointerChange {
                     cursor: String::new(),
                     kind: pb::ChangeKind::Created as i32,
+                    nhs_number: pointer.nhs_number.clone(),
                     pointer: Some(*pointer),
                 };
                 match index_update(&change, &self.reference) {

@@ -14,30 +14,48 @@ pub enum ChangeKind {
     Deleted,
 }
 
-/// One change as the feed records it: the pointer after the change (for a delete, as it was).
+/// One change as the feed records it.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Change {
     /// Position in the feed; set when read back.
     pub cursor: Option<String>,
-    pub kind: ChangeKind,
-    pub pointer: Pointer,
+    pub body: ChangeBody,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ChangeBody {
+    /// A pointer was created, updated, superseded or deleted: the pointer after the change (for a
+    /// delete, as it was).
+    Pointer { kind: ChangeKind, pointer: Box<Pointer> },
+    /// A patient's restriction was set or lifted on this node (it applies to every pointer of the
+    /// patient here, whatever their region or type).
+    Restriction { nhs_number: NhsNumber, restricted: bool },
+}
+
+impl Change {
+    fn pointer(kind: ChangeKind, pointer: &Pointer) -> Self {
+        Self { cursor: None, body: ChangeBody::Pointer { kind, pointer: Box::new(pointer.clone()) } }
+    }
+
+    pub fn restriction(nhs_number: NhsNumber, restricted: bool) -> Self {
+        Self { cursor: None, body: ChangeBody::Restriction { nhs_number, restricted } }
+    }
 }
 
 /// The changes a write makes, in the order the feed records them.
 pub fn changes_of(write: &PatientWrite) -> Vec<Change> {
-    let deleted = write.deletes.iter().filter(|d| !write.puts.iter().any(|p| p.id == d.id)).map(|pointer| Change {
-        cursor: None,
-        kind: ChangeKind::Deleted,
-        pointer: pointer.clone(),
-    });
-    let put = write.puts.iter().map(|pointer| Change {
-        cursor: None,
-        kind: match (pointer.status, pointer.version) {
+    let deleted = write
+        .deletes
+        .iter()
+        .filter(|d| !write.puts.iter().any(|p| p.id == d.id))
+        .map(|pointer| Change::pointer(ChangeKind::Deleted, pointer));
+    let put = write.puts.iter().map(|pointer| {
+        let kind = match (pointer.status, pointer.version) {
             (PointerStatus::Superseded, _) => ChangeKind::Superseded,
             (PointerStatus::Current, 1) => ChangeKind::Created,
             (PointerStatus::Current, _) => ChangeKind::Updated,
-        },
-        pointer: pointer.clone(),
+        };
+        Change::pointer(kind, pointer)
     });
     deleted.chain(put).collect()
 }
@@ -66,13 +84,19 @@ pub trait ChangeFeed: Send + Sync + 'static {
     /// change up to it is already reflected in what the snapshot reads afterwards.
     async fn latest_cursor(&self) -> Result<String, FeedError>;
 
-    /// One page of a snapshot of every patient's pointers (current and superseded), and the
-    /// position to ask for next (`None`: done). Positions are opaque and belong to one snapshot.
-    async fn snapshot_page(
-        &self,
-        after: Option<String>,
-        limit: usize,
-    ) -> Result<(Vec<Pointer>, Option<String>), FeedError>;
+    /// One page of a snapshot of every patient's pointers (current and superseded) and
+    /// restrictions. Positions are opaque and belong to one snapshot.
+    async fn snapshot_page(&self, after: Option<String>, limit: usize) -> Result<SnapshotPage, FeedError>;
+}
+
+/// A page of a snapshot.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct SnapshotPage {
+    pub pointers: Vec<Pointer>,
+    /// Patients restricted on this node (among those the page covers).
+    pub restricted: Vec<NhsNumber>,
+    /// The position to ask for next; `None` when the snapshot is complete.
+    pub next: Option<String>,
 }
 
 /// What the national index keeps of one pointer: enough to say where a patient's records are.
@@ -96,20 +120,6 @@ pub struct IndexUpdate {
     pub current: Option<IndexEntry>,
 }
 
-impl IndexUpdate {
-    pub fn of(change: &Change) -> Self {
-        let p = &change.pointer;
-        let current = (change.kind != ChangeKind::Deleted && p.is_current()).then(|| IndexEntry {
-            id: p.id,
-            region: p.draft.region.clone(),
-            pointer_type: p.draft.pointer_type.coding.clone(),
-            updated_at: p.updated_at,
-            generation: 0,
-        });
-        Self { nhs_number: p.draft.nhs_number, id: p.id, current }
-    }
-}
-
 #[async_trait]
 pub trait RegionIndex: Send + Sync + 'static {
     /// Applies changes from a regional feed. Idempotent: replaying changes in feed order after a
@@ -117,16 +127,25 @@ pub trait RegionIndex: Send + Sync + 'static {
     async fn index_changes(&self, updates: &[IndexUpdate]) -> Result<(), StoreError>;
 
     /// The index entries of one patient's current pointers and whether the patient is restricted
-    /// on this node, in one round trip.
+    /// (on this node, or by any region's node), in one round trip.
     async fn index_entries(&self, nhs_number: NhsNumber) -> Result<(Vec<IndexEntry>, bool), StoreError>;
+
+    /// Records that `region`'s node has restricted the patient (`Some(generation)`: 0 when
+    /// followed from the feed, else the resync that found it) or lifted it (`None`).
+    async fn set_region_restriction(
+        &self,
+        nhs_number: NhsNumber,
+        region: &RegionCode,
+        restricted: Option<u64>,
+    ) -> Result<(), StoreError>;
 
     /// Where following `source` (a regional node) has got to.
     async fn follow_cursor(&self, source: &str) -> Result<Option<String>, StoreError>;
 
     async fn set_follow_cursor(&self, source: &str, cursor: &str) -> Result<(), StoreError>;
 
-    /// Removes every entry of `region` written before resynchronisation `generation` (entries with
-    /// a smaller generation): what a snapshot did not rewrite is gone from the region. Returns how
-    /// many were removed. Walks the whole index: for resynchronisation only.
+    /// Removes every entry and restriction of `region` written before resynchronisation
+    /// `generation` (a smaller generation): what a snapshot did not rewrite is gone from the
+    /// region. Returns how many were removed. Walks the whole index: for resynchronisation only.
     async fn sweep_region(&self, region: &RegionCode, generation: u64) -> Result<u64, StoreError>;
 }

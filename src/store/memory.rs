@@ -1,7 +1,9 @@
 //! The embedded in-memory store: the default, so `cargo run` needs nothing else. Nothing survives
 //! a restart; use Redis for anything real.
 
-use super::federation::{changes_of, Change, ChangeFeed, FeedError, IndexEntry, IndexUpdate, RegionIndex};
+use super::federation::{
+    changes_of, Change, ChangeFeed, FeedError, IndexEntry, IndexUpdate, RegionIndex, SnapshotPage,
+};
 use super::{Condition, PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
 use crate::audit::{AuditEvent, AuditStore, EventPage};
 use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec, RegionCode};
@@ -23,6 +25,8 @@ struct Tables {
     next_sequence: u64,
     /// National index: patient → pointer id → entry; and follow cursors by source.
     index: HashMap<NhsNumber, BTreeMap<PointerId, IndexEntry>>,
+    /// National index: the regions whose nodes restrict a patient, with the generation that wrote it.
+    region_restrictions: HashMap<NhsNumber, BTreeMap<RegionCode, u64>>,
     cursors: HashMap<String, String>,
 }
 
@@ -61,6 +65,16 @@ impl MemoryStore {
 }
 
 impl Tables {
+    /// Appends a change to the feed, dropping the oldest past the retention.
+    fn record(&mut self, change: Change) {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.feed.push_back((sequence, change));
+        if self.feed.len() > FEED_RETENTION {
+            self.feed.pop_front();
+        }
+    }
+
     fn holds(&self, nhs_number: NhsNumber, condition: &Condition) -> bool {
         match condition {
             Condition::Absent(id) => !self.patient_of.contains_key(id),
@@ -135,6 +149,8 @@ impl PointerStore for MemoryStore {
         } else {
             tables.restricted.remove(&nhs_number);
         }
+        // Under the same lock, like a pointer change: the feed carries it to the national node.
+        tables.record(Change::restriction(nhs_number, restricted));
         Ok(())
     }
 
@@ -158,12 +174,7 @@ impl PointerStore for MemoryStore {
             tables.put(pointer);
         }
         for change in changes {
-            let sequence = tables.next_sequence;
-            tables.next_sequence += 1;
-            tables.feed.push_back((sequence, change));
-            if tables.feed.len() > FEED_RETENTION {
-                tables.feed.pop_front();
-            }
+            tables.record(change);
         }
         Ok(())
     }
@@ -266,13 +277,13 @@ impl ChangeFeed for MemoryStore {
     }
 
     /// The whole store in one page: it is in memory already, and a development store.
-    async fn snapshot_page(
-        &self,
-        _after: Option<String>,
-        _limit: usize,
-    ) -> Result<(Vec<Pointer>, Option<String>), FeedError> {
+    async fn snapshot_page(&self, _after: Option<String>, _limit: usize) -> Result<SnapshotPage, FeedError> {
         let tables = self.lock();
-        Ok((tables.by_patient.values().flat_map(|pointers| pointers.values().cloned()).collect(), None))
+        Ok(SnapshotPage {
+            pointers: tables.by_patient.values().flat_map(|pointers| pointers.values().cloned()).collect(),
+            restricted: tables.restricted.iter().copied().collect(),
+            next: None,
+        })
     }
 }
 
@@ -300,7 +311,32 @@ impl RegionIndex for MemoryStore {
     async fn index_entries(&self, nhs_number: NhsNumber) -> Result<(Vec<IndexEntry>, bool), StoreError> {
         let tables = self.lock();
         let entries = tables.index.get(&nhs_number).map(|e| e.values().cloned().collect()).unwrap_or_default();
-        Ok((entries, tables.restricted.contains(&nhs_number)))
+        let restricted = tables.restricted.contains(&nhs_number)
+            || tables.region_restrictions.get(&nhs_number).is_some_and(|r| !r.is_empty());
+        Ok((entries, restricted))
+    }
+
+    async fn set_region_restriction(
+        &self,
+        nhs_number: NhsNumber,
+        region: &RegionCode,
+        restricted: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut tables = self.lock();
+        match restricted {
+            Some(generation) => {
+                tables.region_restrictions.entry(nhs_number).or_default().insert(region.clone(), generation);
+            }
+            None => {
+                if let Some(regions) = tables.region_restrictions.get_mut(&nhs_number) {
+                    regions.remove(region);
+                    if regions.is_empty() {
+                        tables.region_restrictions.remove(&nhs_number);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn follow_cursor(&self, source: &str) -> Result<Option<String>, StoreError> {
@@ -320,6 +356,12 @@ impl RegionIndex for MemoryStore {
             entries.retain(|_, e| e.region != *region || e.generation >= generation);
             removed += (before - entries.len()) as u64;
             !entries.is_empty()
+        });
+        tables.region_restrictions.retain(|_, regions| {
+            let before = regions.len();
+            regions.retain(|r, g| r != region || *g >= generation);
+            removed += (before - regions.len()) as u64;
+            !regions.is_empty()
         });
         Ok(removed)
     }

@@ -12,7 +12,10 @@ mod encoding;
 mod keys;
 mod scripts;
 
-use super::federation::{changes_of, Change, ChangeFeed, ChangeKind, FeedError, IndexEntry, IndexUpdate, RegionIndex};
+use super::federation::{
+    changes_of, Change, ChangeBody, ChangeFeed, ChangeKind, FeedError, IndexEntry, IndexUpdate, RegionIndex,
+    SnapshotPage,
+};
 use super::{Condition, PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
 use crate::audit::{AuditEvent, AuditStore, EventPage};
 use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec, PointerTypeCatalogue, RegionCode};
@@ -315,9 +318,11 @@ impl RedisStore {
                 let changes = changes_of(write);
                 invocation.arg(changes.len()).arg(maxlen);
                 for change in &changes {
-                    let value = match change.kind {
-                        ChangeKind::Deleted => None,
-                        _ => write.puts.iter().position(|p| p.id == change.pointer.id).map(|i| values[i].as_slice()),
+                    let value = match &change.body {
+                        ChangeBody::Pointer { kind: ChangeKind::Deleted, .. } | ChangeBody::Restriction { .. } => None,
+                        ChangeBody::Pointer { pointer, .. } => {
+                            write.puts.iter().position(|p| p.id == pointer.id).map(|i| values[i].as_slice())
+                        }
                     };
                     invocation.arg(encoding::encode_change(change, value));
                 }
@@ -494,14 +499,19 @@ impl PointerStore for RedisStore {
         value.map(|v| Ok((self.decode(nhs, id.as_bytes(), &v)?, restricted.is_some()))).transpose()
     }
 
+    /// With a feed (standalone Redis), the flag and its feed change are one script: atomic, like a
+    /// pointer write.
     async fn set_restriction(&self, nhs_number: NhsNumber, restricted: bool) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        let mut command = if restricted { redis::cmd("HSET") } else { redis::cmd("HDEL") };
-        command.arg(keys::pointers(nhs_number)).arg(keys::RESTRICTED_FIELD);
-        if restricted {
-            command.arg("1");
+        let mut invocation = scripts::RESTRICT.prepare_invoke();
+        invocation.key(keys::pointers(nhs_number)).arg(if restricted { "1" } else { "0" });
+        if let Some(maxlen) = self.feed {
+            invocation
+                .key(keys::FEED)
+                .arg(maxlen)
+                .arg(encoding::encode_change(&Change::restriction(nhs_number, restricted), None));
         }
-        let _: i64 = self.bounded(command.query_async(&mut connection)).await?;
+        let _: i64 = self.bounded(invocation.invoke_async(&mut connection)).await?;
         self.wait_for_replicas(std::iter::once(nhs_number)).await
     }
 
@@ -761,11 +771,7 @@ impl ChangeFeed for RedisStore {
 
     /// A SCAN over the patients' hashes: `after` is the SCAN cursor. SCAN returns every key that
     /// exists for the whole scan at least once (a key may come twice: applying is idempotent).
-    async fn snapshot_page(
-        &self,
-        after: Option<String>,
-        limit: usize,
-    ) -> Result<(Vec<Pointer>, Option<String>), FeedError> {
+    async fn snapshot_page(&self, after: Option<String>, limit: usize) -> Result<SnapshotPage, FeedError> {
         self.feed_supported()?;
         let Connection::Single(connection) = &self.connection else {
             return Err(FeedError::Unsupported("snapshots need a standalone Redis store".into()));
@@ -780,15 +786,19 @@ impl ChangeFeed for RedisStore {
                 Ok::<_, StoreError>((key, fields))
             }
         });
-        let mut pointers = Vec::new();
+        let mut page = SnapshotPage { next: (next != "0").then_some(next), ..SnapshotPage::default() };
         for read in futures::future::join_all(reads).await {
             let (key, fields) = read?;
             let nhs = keys::patient_of(key).ok_or_else(|| StoreError::Corrupt(format!("key {key}")))?;
-            for (field, value) in fields.iter().filter(|(f, _)| keys::is_pointer_field(f)) {
-                pointers.push(self.decode(nhs, field, value)?);
+            for (field, value) in &fields {
+                if keys::is_pointer_field(field) {
+                    page.pointers.push(self.decode(nhs, field, value)?);
+                } else if field.as_slice() == keys::RESTRICTED_FIELD.as_bytes() {
+                    page.restricted.push(nhs);
+                }
             }
         }
-        Ok((pointers, (next != "0").then_some(next)))
+        Ok(page)
     }
 }
 
@@ -936,12 +946,16 @@ impl RegionIndex for RedisStore {
         let mut pipe = redis::pipe();
         pipe.cmd("HGETALL").arg(keys::index(nhs_number));
         pipe.cmd("HEXISTS").arg(keys::pointers(nhs_number)).arg(keys::RESTRICTED_FIELD);
-        let (entries, restricted): (Vec<(Vec<u8>, String)>, bool) =
+        let (fields, restricted_here): (Vec<(Vec<u8>, String)>, bool) =
             self.bounded(pipe.query_async(&mut connection)).await?;
-        let entries = entries
-            .iter()
-            .map(|(id, value)| encoding::decode_index_entry(id, value, &self.catalogue))
-            .collect::<Result<_, _>>()?;
+        let mut restricted = restricted_here;
+        let mut entries = Vec::with_capacity(fields.len());
+        for (field, value) in &fields {
+            match keys::restricting_region(field) {
+                Some(_) => restricted = true,
+                None => entries.push(encoding::decode_index_entry(field, value, &self.catalogue)?),
+            }
+        }
         Ok((entries, restricted))
     }
 
@@ -958,8 +972,27 @@ impl RegionIndex for RedisStore {
         Ok(())
     }
 
+    async fn set_region_restriction(
+        &self,
+        nhs_number: NhsNumber,
+        region: &RegionCode,
+        restricted: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let mut command = match restricted {
+            Some(_) => redis::cmd("HSET"),
+            None => redis::cmd("HDEL"),
+        };
+        command.arg(keys::index(nhs_number)).arg(keys::region_restriction_field(region));
+        if let Some(generation) = restricted {
+            command.arg(generation);
+        }
+        let _: i64 = self.bounded(command.query_async(&mut connection)).await?;
+        Ok(())
+    }
+
     /// SCANs every patient's index hash (on every master of a cluster) and HDELs the region's
-    /// entries older than `generation`. Only this region's follower writes this region's entries,
+    /// entries and restriction older than `generation`. Only this region's follower writes this region's entries,
     /// and it is the one sweeping, so nothing it removes can be a newer write.
     async fn sweep_region(&self, region: &RegionCode, generation: u64) -> Result<u64, StoreError> {
         let removed = std::sync::atomic::AtomicU64::new(0);
@@ -970,10 +1003,16 @@ impl RegionIndex for RedisStore {
                 let fields: Vec<(Vec<u8>, String)> =
                     self.bounded(redis::cmd("HGETALL").arg(&key).query_async(&mut connection)).await?;
                 let mut stale = Vec::new();
-                for (id, value) in &fields {
-                    let entry = encoding::decode_index_entry(id, value, &self.catalogue)?;
-                    if entry.region == *region && entry.generation < generation {
-                        stale.push(id.clone());
+                for (field, value) in &fields {
+                    let (of_region, written) = match keys::restricting_region(field) {
+                        Some(restricting) => (restricting == region.as_str(), value.parse::<u64>().unwrap_or(0)),
+                        None => {
+                            let entry = encoding::decode_index_entry(field, value, &self.catalogue)?;
+                            (entry.region == *region, entry.generation)
+                        }
+                    };
+                    if of_region && written < generation {
+                        stale.push(field.clone());
                     }
                 }
                 if !stale.is_empty() {

@@ -14,7 +14,7 @@ use crate::domain::{
     Coding, Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, Pointer, PointerDraft, PointerId,
     PointerStatus, PointerType, PointerTypeCatalogue, ProducerReference, RegionCode, RetrievalMechanism, Stability,
 };
-use crate::store::federation::{Change, ChangeKind};
+use crate::store::federation::{Change, ChangeBody, ChangeKind};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use prost::Message;
@@ -277,14 +277,25 @@ struct StoredChange {
 
 const CHANGE_KINDS: [ChangeKind; 4] =
     [ChangeKind::Created, ChangeKind::Updated, ChangeKind::Superseded, ChangeKind::Deleted];
+/// Stored kinds after the pointer kinds: a restriction set, and lifted (no id, no value).
+const RESTRICTED: u32 = 4;
+const UNRESTRICTED: u32 = 5;
 
 /// A change, given the pointer's stored value when the caller has it already (`encode(pointer)`).
 pub fn encode_change(change: &Change, value: Option<&[u8]>) -> Vec<u8> {
-    StoredChange {
-        kind: position(&CHANGE_KINDS, &change.kind),
-        nhs_number: change.pointer.draft.nhs_number.as_u64(),
-        id: change.pointer.id.as_bytes().to_vec(),
-        value: value.map_or_else(|| encode(&change.pointer), <[u8]>::to_vec),
+    match &change.body {
+        ChangeBody::Pointer { kind, pointer } => StoredChange {
+            kind: position(&CHANGE_KINDS, kind),
+            nhs_number: pointer.draft.nhs_number.as_u64(),
+            id: pointer.id.as_bytes().to_vec(),
+            value: value.map_or_else(|| encode(pointer), <[u8]>::to_vec),
+        },
+        ChangeBody::Restriction { nhs_number, restricted } => StoredChange {
+            kind: if *restricted { RESTRICTED } else { UNRESTRICTED },
+            nhs_number: nhs_number.as_u64(),
+            id: Vec::new(),
+            value: Vec::new(),
+        },
     }
     .encode_to_vec()
 }
@@ -292,11 +303,14 @@ pub fn encode_change(change: &Change, value: Option<&[u8]>) -> Vec<u8> {
 pub fn decode_change(cursor: String, bytes: &[u8], catalogue: &PointerTypeCatalogue) -> Result<Change, StoreError> {
     let stored = StoredChange::decode(bytes).map_err(corrupt("change"))?;
     let nhs = NhsNumber::parse(&format!("{:010}", stored.nhs_number)).map_err(corrupt("change NHS number"))?;
-    Ok(Change {
-        cursor: Some(cursor),
-        kind: at(&CHANGE_KINDS, stored.kind, "change kind")?,
-        pointer: decode(nhs, &stored.id, &stored.value, catalogue)?,
-    })
+    let body = match stored.kind {
+        RESTRICTED | UNRESTRICTED => ChangeBody::Restriction { nhs_number: nhs, restricted: stored.kind == RESTRICTED },
+        kind => ChangeBody::Pointer {
+            kind: at(&CHANGE_KINDS, kind, "change kind")?,
+            pointer: Box::new(decode(nhs, &stored.id, &stored.value, catalogue)?),
+        },
+    };
+    Ok(Change { cursor: Some(cursor), body })
 }
 
 /// An index entry's value: `region|type|updated ms`, then `|generation` when written by a resync.
@@ -364,6 +378,30 @@ mod tests {
         p.draft.producer_reference = ProducerReference::parse("QWO-RR8-0000000001").ok();
         let len = encode(&p).len();
         assert!(len <= 120, "a typical pointer encodes to {len} bytes");
+    }
+
+    #[test]
+    fn changes_round_trip_pointers_and_restrictions() {
+        let catalogue = PointerTypeCatalogue::default_catalogue();
+        let nhs = NhsNumber::parse("9434765919").expect("valid");
+        for restricted in [true, false] {
+            let change = Change::restriction(nhs, restricted);
+            let back = decode_change("1-0".into(), &encode_change(&change, None), &catalogue).expect("decodes");
+            assert_eq!(back, Change { cursor: Some("1-0".into()), ..change });
+        }
+        let p = pointer("9434765919", "QWO", "RR8", "736253002");
+        let change = crate::store::federation::changes_of(&crate::store::PatientWrite {
+            nhs_number: p.draft.nhs_number,
+            conditions: vec![],
+            deletes: vec![],
+            puts: vec![p.clone()],
+        })
+        .remove(0);
+        let value = encode(&p);
+        for given in [None, Some(value.as_slice())] {
+            let back = decode_change("2-0".into(), &encode_change(&change, given), &catalogue).expect("decodes");
+            assert_eq!(back, Change { cursor: Some("2-0".into()), ..change.clone() });
+        }
     }
 
     #[test]

@@ -30,6 +30,17 @@ pub fn index(nhs: NhsNumber) -> String {
     format!("nrl:{{{nhs}}}:i")
 }
 
+/// In a patient's national index hash: `x|r|REGION` → generation, while REGION's node restricts
+/// the patient. Cannot collide with a pointer id field (16 bytes starting 0x01).
+pub fn region_restriction_field(region: &crate::domain::RegionCode) -> String {
+    format!("x|r|{region}")
+}
+
+/// The region of a `region_restriction_field`, or `None` for a pointer's entry.
+pub fn restricting_region(field: &[u8]) -> Option<&str> {
+    std::str::from_utf8(field.strip_prefix(b"x|r|")?).ok()
+}
+
 /// How far the national node has followed a regional node's feed.
 pub fn follow_cursor(source: &str) -> String {
     format!("nrl:meta:follow:{source}")

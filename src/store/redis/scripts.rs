@@ -132,3 +132,21 @@ return {from, redis.call('LRANGE', KEYS[1], from, before - 1)}
 "#,
     )
 });
+
+/// Sets or lifts a patient's restriction, and appends the change to the feed when one is passed.
+///
+/// KEYS: 1 = the patient's hash; 2 = the change feed (standalone Redis only).
+/// ARGV: 1 = "1" to restrict, "0" to lift; with a feed, 2 = its MAXLEN, 3 = the encoded change.
+pub static RESTRICT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if ARGV[1] == '1' then
+  redis.call('HSET', KEYS[1], 'x|restricted', '1')
+else
+  redis.call('HDEL', KEYS[1], 'x|restricted')
+end
+if KEYS[2] then redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '*', 'e', ARGV[3]) end
+return 1
+"#,
+    )
+});

@@ -1571,6 +1571,20 @@ async fn a_feed_cursor_older_than_the_retention_is_out_of_range() {
 // 6. Authentication: peer token for the feed, the caller's own token for searches
 // ---------------------------------------------------------------------------------------------
 
+/// National + A + B on the memory store with JWT authentication; the national node follows with a
+/// `peer` token. The directory holds the secret and the token: keep it while the nodes run.
+async fn authenticated_federation() -> (Federation, TempDir) {
+    let secrets = TempDir::new("nrl-federation-secrets");
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, SECRET).expect("write the secret");
+    let peer_token = secrets.path().join("peer.token");
+    std::fs::write(&peer_token, token("national-locator", "X26", &["peer"], None)).expect("write the peer token");
+    let mut plan = FederationPlan::memory(&[A, B]);
+    plan.common_args = auth_args(&secret);
+    plan.national_args = vec!["--peer-token-file".into(), peer_token.to_string_lossy().to_string()];
+    (Federation::start(plan).await, secrets)
+}
+
 fn auth_args(secret: &std::path::Path) -> Vec<String> {
     vec![
         "--jwt-hs256-secret-file".into(),
@@ -1587,15 +1601,7 @@ fn auth_args(secret: &std::path::Path) -> Vec<String> {
 /// nothing, break-glass still shows every region, and lifting it shows the patient again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patient_restricted_at_their_regional_node_is_not_located_by_the_national_node() {
-    let secrets = TempDir::new("nrl-federation-secrets");
-    let secret = secrets.path().join("secret");
-    std::fs::write(&secret, SECRET).expect("write the secret");
-    let peer_token = secrets.path().join("peer.token");
-    std::fs::write(&peer_token, token("national-locator", "X26", &["peer"], None)).expect("write the peer token");
-    let mut plan = FederationPlan::memory(&[A, B]);
-    plan.common_args = auth_args(&secret);
-    plan.national_args = vec!["--peer-token-file".into(), peer_token.to_string_lossy().to_string()];
-    let mut federation = Federation::start(plan).await;
+    let (mut federation, _secrets) = authenticated_federation().await;
 
     let producer = Credentials::bearer(&token("shared-care-feed", CUSTODIAN, &["producer"], None));
     let (mut a, mut b) = (Api::new(federation.node(A), producer.clone()), Api::new(federation.node(B), producer));
@@ -1641,15 +1647,7 @@ async fn a_patient_restricted_at_their_regional_node_is_not_located_by_the_natio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_authentication_the_national_node_follows_as_a_peer_and_regions_audit_the_real_caller() {
-    let secrets = TempDir::new("nrl-federation-secrets");
-    let secret = secrets.path().join("secret");
-    std::fs::write(&secret, SECRET).expect("write the secret");
-    let peer_token = secrets.path().join("peer.token");
-    std::fs::write(&peer_token, token("national-locator", "X26", &["peer"], None)).expect("write the peer token");
-    let mut plan = FederationPlan::memory(&[A, B]);
-    plan.common_args = auth_args(&secret);
-    plan.national_args = vec!["--peer-token-file".into(), peer_token.to_string_lossy().to_string()];
-    let federation = Federation::start(plan).await;
+    let (federation, _secrets) = authenticated_federation().await;
 
     let producer = Credentials::bearer(&token("shared-care-feed", CUSTODIAN, &["producer"], None));
     let (mut a, mut b) = (Api::new(federation.node(A), producer.clone()), Api::new(federation.node(B), producer));

@@ -288,6 +288,9 @@ stop_server "$REDIS_NRL_PID"
 if [ "$BENCH" = 1 ]; then
   log "store-level Redis benchmark (1,000,000 pointers)"
   run cargo bench --bench redis_store > "$OUT/redis-bench.txt" 2>&1 || echo "bench failed: see $OUT/redis-bench.txt" >&2
+  log "FederatedSearch over 3 nodes on loopback"
+  run env NRL_BIN="$NRL" cargo bench --bench federation > "$OUT/federation-bench.txt" 2>&1 \
+    || echo "bench failed: see $OUT/federation-bench.txt" >&2
 fi
 uptime > "$OUT/load-after.txt"
 
@@ -416,6 +419,12 @@ store_section() { # store_section DIR_NAME GOAL TITLE
     echo '```'
     grep -v -E '^\s*(Compiling|Finished|Running|warning)' "$OUT/redis-bench.txt" | sed '/^$/N;/^\n$/D'
     echo '```'
+    echo
+  fi
+  if [ "$BENCH" = 1 ] && [ -f "$OUT/federation-bench.txt" ]; then
+    echo "### Federation: \`cargo bench --bench federation\` (goal: FederatedSearch p99 ≤ 10 ms)"
+    echo
+    grep -v -E '^\s*(Compiling|Finished|Running|warning)' "$OUT/federation-bench.txt" | sed 's/^## .*//' | sed '/^$/N;/^\n$/D'
     echo
   fi
   echo "## Commands"

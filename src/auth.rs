@@ -14,7 +14,7 @@ pub mod jwt;
 pub mod mtls;
 pub mod policy;
 
-use crate::domain::{OdsCode, RegionCode};
+use crate::domain::{NhsNumber, OdsCode, RegionCode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -116,6 +116,9 @@ pub struct Caller {
     pub end_user: Option<String>,
     /// `x-purpose-of-use`.
     pub purpose: Option<Purpose>,
+    /// The patient a patient-facing caller acts for (the token's `nhs_number` claim, as NHS login
+    /// issues it). A `portal` caller may read only this patient's access log.
+    pub patient: Option<NhsNumber>,
     /// Authentication is switched off (loopback development only): every check passes.
     pub unrestricted: bool,
 }
@@ -131,6 +134,7 @@ impl Caller {
             regions: Scope::All,
             end_user: None,
             purpose: Some(Purpose::DirectCare),
+            patient: None,
             unrestricted: true,
         }
     }

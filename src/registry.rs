@@ -715,7 +715,7 @@ impl Registry {
         before: Option<String>,
         limit: usize,
     ) -> Result<EventPage, RegistryError> {
-        let result = match policy::require(caller, &[Role::Auditor, Role::Portal], "reading an access log") {
+        let result = match policy::check_access_log(caller, nhs_number) {
             Ok(()) => {
                 self.audit.patient_events(nhs_number, before, limit.clamp(1, MAX_AUDIT_PAGE)).await.map_err(Into::into)
             }

@@ -85,6 +85,19 @@ impl Env {
         Actor { sub, org, purpose, end_user, c: Clients::new(&self.server.channel, credentials) }
     }
 
+    /// The patient portal, signed in as `patient` (purpose patient-request, end user the patient).
+    fn portal(&self, sub: &'static str, org: &'static str, patient: &str) -> Actor {
+        let credentials =
+            Credentials::bearer(&portal_token(sub, org, patient)).purpose("patient-request").end_user("the-patient");
+        Actor {
+            sub,
+            org,
+            purpose: "patient-request",
+            end_user: "the-patient",
+            c: Clients::new(&self.server.channel, credentials),
+        }
+    }
+
     fn auditor(&self) -> Actor {
         self.actor("x26-auditor", "X26", &["auditor"], "audit", "auditor.smith")
     }
@@ -286,8 +299,8 @@ async fn each_operation_leaves_exactly_the_expected_event(backend: Backend) {
     let mut narrow = env.actor_with_types("ra7-news2", "RA7", &["consumer"], Some(&[NEWS2]), "direct-care", "nurse.k");
     let mut no_purpose = env.actor("ra7-silent", "RA7", &["consumer"], "", "");
     let mut admin = env.actor("x26-admin", "X26", &["admin"], "administration", "admin.a");
-    let mut portal = env.actor("nhs-app", "X26", &["portal"], "patient-request", "the-patient");
     let p = new_patient();
+    let mut portal = env.portal("nhs-app", "X26", &p);
 
     let a = producer.create(input(&p, "QWO", "RR8", CRISIS_PLAN)).await;
     assert_eq!(tail.seen().await, vec![producer.expect("CreatePointer", "OK", &p, &[&a.id])], "create");
@@ -612,9 +625,9 @@ async fn access_log_is_newest_first_pages_exactly_once_and_is_itself_recorded(ba
     let mut producer = env.actor("qwo-shared-care", "RR8", &["producer"], "administration", "");
     let mut consumer = env.actor("ra7-viewer", "RA7", &["consumer"], "direct-care", "dr.jones");
     let mut auditor = env.auditor();
-    let mut portal = env.actor("nhs-app", "X26", &["portal"], "patient-request", "the-patient");
     let p = new_patient();
     let other = new_patient();
+    let mut portal = env.portal("nhs-app", "X26", &p);
     producer.create(input(&p, "QWO", "RR8", CRISIS_PLAN)).await;
     producer.create(input(&other, "QWO", "RR8", CRISIS_PLAN)).await;
     for _ in 0..6 {
@@ -661,15 +674,17 @@ async fn access_log_is_newest_first_pages_exactly_once_and_is_itself_recorded(ba
     assert_eq!(portal_view.events.len(), 10, "7 events and 3 reads");
     assert_eq!(seen(&portal_view.events[0]), read, "newest first");
     assert!(portal_view.next_page_token.is_empty());
+    assert_code("the portal, for another patient", portal.access_log(&other, 0, "").await, Code::PermissionDenied);
     assert_code("consumer", consumer.access_log(&p, 0, "").await, Code::PermissionDenied);
-    for role in ["producer", "admin", "peer"] {
+    // "portal" here is a portal token that names no patient.
+    for role in ["producer", "admin", "peer", "portal"] {
         let mut c = env.actor("someone", "RR8", &[role], "audit", "");
         assert_code(role, c.access_log(&p, 0, "").await, Code::PermissionDenied);
     }
     let last = of_patient(auditor.c.export("").await.expect("export"));
     let refused: Vec<String> = last[after.len()..].iter().map(|e| format!("{}:{}", e.operation, e.outcome)).collect();
     assert_eq!(refused[0], "GetAccessLog:OK", "the portal's read");
-    assert_eq!(refused[1..], vec!["GetAccessLog:PERMISSION_DENIED".to_string(); 4], "refused reads are recorded too");
+    assert_eq!(refused[1..], vec!["GetAccessLog:PERMISSION_DENIED".to_string(); 5], "refused reads are recorded too");
 
     let err = auditor.access_log(&p, 3, "not-a-page-token").await.expect_err("bad token");
     assert_field_error(&err, Code::InvalidArgument, "page_token");

@@ -190,7 +190,9 @@ fn expected(role: Role, op: Op, org: Org, kind: Kind) -> Outcome {
         // Authentication, but no role.
         Op::ListRegions | Op::ListPointerTypes => Ok(None),
         Op::SetRestriction | Op::GetRestriction if role == Role::Admin => Ok(None),
-        Op::GetAccessLog if matches!(role, Role::Auditor | Role::Portal) => Ok(None),
+        // The matrix's portal token names no patient: a portal reads only its patient's log
+        // (`a_portal_reads_only_the_access_log_of_the_patient_its_token_names`).
+        Op::GetAccessLog if role == Role::Auditor => Ok(None),
         Op::StreamAuditEvents if role == Role::Auditor => Ok(None),
         Op::SetRestriction | Op::GetRestriction | Op::GetAccessLog | Op::StreamAuditEvents => denied,
     }
@@ -379,6 +381,52 @@ async fn authorisation_matrix() {
 
 /// The parts of the policy the matrix holds fixed: producer regions, sub-organisations, a caller
 /// holding both producer and consumer roles.
+/// The patient portal acts for one signed-in patient: its token names the patient (`nhs_number`,
+/// as NHS login issues it), and it may read that patient's access log and no one else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_reads_only_the_access_log_of_the_patient_its_token_names() {
+    let server = TestServer::start_with(jwt_server_config(StoreConfig::Memory)).await;
+    let (patient, someone_else) = (new_patient(), new_patient());
+    let log = |credentials: Credentials, nhs: String| {
+        let mut clients = Clients::new(&server.channel, credentials.purpose("patient-request"));
+        async move {
+            clients
+                .audit
+                .get_access_log(pb::GetAccessLogRequest { nhs_number: nhs, page_size: 0, page_token: String::new() })
+                .await
+        }
+    };
+    let signed_in = Credentials::bearer(&portal_token("nhs-app", "X26", &patient));
+    log(signed_in.clone(), patient.clone()).await.expect("the portal reads its own patient's log");
+
+    let refused = log(signed_in, someone_else.clone()).await.expect_err("another patient's log");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("patient its token names"), "{refused:?}");
+
+    let unbound = Credentials::bearer(&token("nhs-app", "X26", &["portal"], None));
+    let refused = log(unbound, patient.clone()).await.expect_err("a portal token naming no patient");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("nhs_number"), "{refused:?}");
+
+    let malformed = Claims { nhs_number: Some("1234567890".into()), ..claims("nhs-app", "X26", &["portal"]) };
+    let refused = log(Credentials::bearer(&mint(&malformed)), patient.clone()).await.expect_err("a malformed claim");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    // The claim grants nothing else: a portal still cannot search the patient's pointers.
+    let mut portal = Clients::new(
+        &server.channel,
+        Credentials::bearer(&portal_token("nhs-app", "X26", &patient)).purpose("patient-request"),
+    );
+    let query = pb::PointerQuery { nhs_number: patient.clone(), ..Default::default() };
+    let refused = portal
+        .registry
+        .search_pointers(pb::SearchPointersRequest { query: Some(query), page_size: 0, page_token: String::new() })
+        .await
+        .expect_err("search as a portal");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    server.stop().await.expect("server stops cleanly");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_scope_covers_regions_sub_organisations_and_combined_roles() {
     let server = TestServer::start_with(jwt_server_config(StoreConfig::Memory)).await;

@@ -3,7 +3,7 @@
 //! `alg: none` and any algorithm not configured are refused.
 
 use super::{unauthenticated, Caller, Role, Scope};
-use crate::domain::{OdsCode, RegionCode};
+use crate::domain::{NhsNumber, OdsCode, RegionCode};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,9 @@ pub struct Claims {
     pub pointer_types: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regions: Option<Vec<String>>,
+    /// The patient a patient-facing application acts for (NHS login's claim name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nhs_number: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +150,12 @@ pub fn caller_from_claims(claims: &Claims) -> Result<Caller, Status> {
                 .collect::<Result<_, _>>()?,
         ),
     };
+    let patient = match &claims.nhs_number {
+        None => None,
+        Some(n) => {
+            Some(NhsNumber::parse(n).map_err(|_| unauthenticated("token nhs_number is not a valid NHS number"))?)
+        }
+    };
     Ok(Caller {
         application: application.to_string(),
         organisation,
@@ -155,6 +164,7 @@ pub fn caller_from_claims(claims: &Claims) -> Result<Caller, Status> {
         regions,
         end_user: None,
         purpose: None,
+        patient,
         unrestricted: false,
     })
 }

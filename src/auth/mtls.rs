@@ -52,6 +52,8 @@ impl ClientDirectory {
                 roles: entry.roles,
                 pointer_types: entry.pointer_types,
                 regions: entry.regions,
+                // A certificate names an application, never a patient.
+                nhs_number: None,
             };
             let caller = caller_from_claims(&claims)
                 .map_err(|e| format!("clients file entry {:?}: {}", entry.common_name, e.message()))?;

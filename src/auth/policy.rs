@@ -8,10 +8,10 @@
 //!   PERMISSION_DENIED. Producers may also read their own organisation's pointers.
 //! - A restricted patient's pointers are hidden from every reader unless the purpose is
 //!   `emergency` (break-glass, flagged in the audit).
-//! - Admins restrict patients; auditors and the patient portal read access logs; auditors export.
+//! - Admins restrict patients; auditors read any access log, the patient portal only its own patient's; auditors export.
 
 use super::{Caller, Purpose, Role};
-use crate::domain::{Pointer, PointerDraft};
+use crate::domain::{NhsNumber, Pointer, PointerDraft};
 use crate::error::RegistryError;
 
 fn denied(reason: impl Into<String>) -> RegistryError {
@@ -106,6 +106,22 @@ pub fn read_scope<'a>(
     })
 }
 
+/// Reading a patient's access log: auditors read any; the patient portal only the patient its
+/// token names (so a portal cannot be used to read other people's logs).
+pub fn check_access_log(caller: &Caller, nhs_number: NhsNumber) -> Result<(), RegistryError> {
+    if caller.unrestricted || caller.has(Role::Auditor) {
+        return Ok(());
+    }
+    if caller.has(Role::Portal) {
+        return match caller.patient {
+            Some(patient) if patient == nhs_number => Ok(()),
+            Some(_) => Err(denied("a portal may read only the access log of the patient its token names")),
+            None => Err(denied("a portal token must name its patient (the nhs_number claim)")),
+        };
+    }
+    require(caller, &[Role::Auditor, Role::Portal], "reading an access log")
+}
+
 pub fn require(caller: &Caller, roles: &[Role], what: &str) -> Result<(), RegistryError> {
     if caller.unrestricted || roles.iter().any(|r| caller.has(*r)) {
         return Ok(());
@@ -130,6 +146,7 @@ mod tests {
             regions: Scope::All,
             end_user: None,
             purpose: Some(Purpose::DirectCare),
+            patient: None,
             unrestricted: false,
         }
     }

@@ -47,7 +47,15 @@ pub fn claims(sub: &str, org: &str, roles: &[&str]) -> Claims {
         roles: roles.iter().map(|r| r.to_string()).collect(),
         pointer_types: None,
         regions: None,
+        nhs_number: None,
     }
+}
+
+/// A patient portal's token, acting for `patient`.
+pub fn portal_token(sub: &str, org: &str, patient: &str) -> String {
+    let mut c = claims(sub, org, &["portal"]);
+    c.nhs_number = Some(patient.into());
+    mint(&c)
 }
 
 pub fn mint(claims: &Claims) -> String {

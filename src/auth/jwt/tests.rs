@@ -20,6 +20,7 @@ fn claims() -> Claims {
         roles: vec!["producer".into(), "consumer".into()],
         pointer_types: Some(vec!["736253002".into()]),
         regions: Some(vec!["QWO".into()]),
+        nhs_number: None,
     }
 }
 

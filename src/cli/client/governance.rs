@@ -23,6 +23,9 @@ pub struct TokenArgs {
     /// A region a producer may register for; repeat for several. None: all regions.
     #[arg(long = "region")]
     pub regions: Vec<String>,
+    /// The patient a `portal` token acts for (its `nhs_number` claim).
+    #[arg(long)]
+    pub patient: Option<String>,
     /// The application the token names (`sub`).
     #[arg(long, default_value = "nrl-cli")]
     pub app: String,
@@ -52,6 +55,7 @@ pub fn token(args: TokenArgs) -> Result<(), ClientError> {
         roles: args.roles,
         pointer_types: (!args.types.is_empty()).then_some(args.types),
         regions: (!args.regions.is_empty()).then_some(args.regions),
+        nhs_number: args.patient,
     };
     // The server's own checks (ODS format, known roles) apply when the token is used; check them
     // here too so a typo fails now, not at the first call.

@@ -227,7 +227,8 @@ impl NrlProcess {
             .arg("nrl-watchdog")
             .arg(log)
             .arg(env!("CARGO_BIN_EXE_nrl"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--store", store_url])
+            // No admin listener: its default port (9090) is shared by every process on the host.
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off", "--store", store_url])
             .args(["--redis-timeout-ms", &STORE_TIMEOUT.as_millis().to_string(), "--redis-startup-wait-secs", "5"])
             .args(["--shutdown-grace-secs", "1"])
             .stdin(Stdio::piped())

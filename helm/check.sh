@@ -52,6 +52,9 @@ for values in "$chart"/ci/*-values.yaml; do
 done
 render "redis-external" -f "$chart/ci/redis-values.yaml" \
   --set store.redis.bundled.enabled=false --set store.redis.url=rediss://redis-master.data.svc:6380/0
+# A national node in federated mode: the peer token mounted from a Secret.
+render "national" -f "$chart/ci/redis-values.yaml" --set auth.peerToken.existingSecret=nrl-peer \
+  --set 'config.extraEnv[0].name=NRL_FEDERATION' --set 'config.extraEnv[0].value=national'
 
 echo "== validate (kubernetes-validate --strict, chart rules)"
 "$python" "$here/validate.py" "${kube_flags[@]}" "$out"/*.yaml

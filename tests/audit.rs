@@ -686,8 +686,10 @@ async fn access_log_is_newest_first_pages_exactly_once_and_is_itself_recorded(ba
     assert_eq!(refused[0], "GetAccessLog:OK", "the portal's read");
     assert_eq!(refused[1..], vec!["GetAccessLog:PERMISSION_DENIED".to_string(); 5], "refused reads are recorded too");
 
-    let err = auditor.access_log(&p, 3, "not-a-page-token").await.expect_err("bad token");
-    assert_field_error(&err, Code::InvalidArgument, "page_token");
+    for bad in ["not-a-page-token", "99999999999999999999", "-1", "+3", "1.5"] {
+        let err = auditor.access_log(&p, 3, bad).await.expect_err(bad);
+        assert_field_error(&err, Code::InvalidArgument, "page_token");
+    }
     let err = auditor.access_log(&p, -1, "").await.expect_err("negative page size");
     assert_field_error(&err, Code::InvalidArgument, "page_size");
     env.stop().await;

@@ -288,9 +288,7 @@ impl Drop for NrlProcess {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
-}
+use support::ports::free_port;
 
 async fn wait_serving(channel: &Channel, nrl: &mut NrlProcess, what: &str) -> Duration {
     let (_, took) = eventually(what, RECOVERY_LIMIT, || {

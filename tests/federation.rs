@@ -1450,7 +1450,7 @@ async fn feed_resumes_exactly_once(writer: Api, mut follower: Api, region: &str)
 async fn watch_pointers_resumes_from_the_last_cursor_exactly_once() {
     let dir = TempDir::new("nrl-feed");
     let args = ["--node-regions", A].map(String::from).to_vec();
-    let mut node = NrlNode::spawn("regional-memory", support::nodes::free_port(), args, dir.path());
+    let mut node = NrlNode::spawn("regional-memory", support::ports::free_port(), args, dir.path());
     node.wait_serving(START_LIMIT).await;
     feed_resumes_exactly_once(Api::open(&node), Api::open(&node), A).await;
 }
@@ -1463,7 +1463,7 @@ async fn on_redis_with_authentication_the_feed_resumes_exactly_once_for_the_peer
     std::fs::write(&secret, SECRET).expect("write the secret");
     let mut args = ["--node-regions", A, "--store", &redis.url()].map(String::from).to_vec();
     args.extend(auth_args(&secret));
-    let mut node = NrlNode::spawn("regional-redis-auth", support::nodes::free_port(), args, dir.path());
+    let mut node = NrlNode::spawn("regional-redis-auth", support::ports::free_port(), args, dir.path());
     node.wait_serving(START_LIMIT).await;
     let producer = Api::new(&node, Credentials::bearer(&token("qwo-shared-care", CUSTODIAN, &["producer"], None)));
     let peer = Api::new(&node, Credentials::bearer(&token("national-locator", "X26", &["peer"], None)));
@@ -1500,7 +1500,7 @@ async fn a_feed_cursor_older_than_the_retention_is_out_of_range() {
     let redis = start_redis().await;
     let dir = TempDir::new("nrl-feed-retention");
     let args = ["--node-regions", A, "--store", &redis.url(), "--feed-retention", "10"].map(String::from).to_vec();
-    let mut node = NrlNode::spawn("regional-retention", support::nodes::free_port(), args, dir.path());
+    let mut node = NrlNode::spawn("regional-retention", support::ports::free_port(), args, dir.path());
     node.wait_serving(START_LIMIT).await;
     let mut api = Api::open(&node);
     let patient = new_patient();

@@ -1113,9 +1113,7 @@ fn without_authentication_the_server_listens_on_loopback_only() {
 // NHS numbers never reach the logs
 // ---------------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+use support::ports::free_port;
 
 /// A request carrying the patient in the request-id headers too (the server must not adopt them).
 fn tagged<T>(message: T, patient: &str) -> tonic::Request<T> {

@@ -17,6 +17,10 @@
 //! the figures include CPU contention between them. `cargo test --benches` runs it with 50 calls
 //! as a smoke test. Prints a Markdown block for loadtest/RESULTS.md.
 
+#[path = "../../tests/support/ports.rs"]
+#[allow(dead_code)]
+mod ports;
+
 #[path = "../../tests/support/nodes.rs"]
 #[allow(dead_code)]
 mod nodes;

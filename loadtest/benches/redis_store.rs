@@ -16,6 +16,10 @@
 //! per patient, every pointer with a producer_reference (as bulk extracts have). gRPC is not in
 //! the loop here; `loadtest/` covers the service end to end.
 
+#[path = "../../tests/support/ports.rs"]
+#[allow(dead_code)]
+mod ports;
+
 #[path = "../../tests/support/redis.rs"]
 #[allow(dead_code)]
 mod redis_harness;

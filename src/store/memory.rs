@@ -192,8 +192,9 @@ impl PointerStore for MemoryStore {
     }
 }
 
+/// A position: digits only (`usize`'s parser would also take a leading `+`).
 fn parse_cursor(cursor: &str) -> Option<usize> {
-    cursor.parse().ok()
+    cursor.bytes().all(|b| b.is_ascii_digit()).then(|| cursor.parse().ok()).flatten()
 }
 
 #[async_trait]

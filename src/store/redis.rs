@@ -668,8 +668,9 @@ impl AuditStore for RedisStore {
         entries.into_iter().map(stream_event).collect()
     }
 
+    /// A position in the patient's list: digits that fit the i64 the page script is given.
     fn valid_log_cursor(&self, cursor: &str) -> bool {
-        !cursor.is_empty() && cursor.len() <= 19 && cursor.bytes().all(|b| b.is_ascii_digit())
+        !cursor.is_empty() && cursor.bytes().all(|b| b.is_ascii_digit()) && cursor.parse::<i64>().is_ok()
     }
 
     fn valid_export_cursor(&self, cursor: &str) -> bool {

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod fixtures;
 pub mod nodes;
+pub mod ports;
 pub mod redis;
 pub mod writer;
 

@@ -51,16 +51,7 @@ pub fn nrl_bin() -> PathBuf {
 }
 
 /// A port that was free a moment ago (the node binds it itself, later).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
-}
-
-/// `count` distinct ports, all held until every one is picked.
-pub fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<_> =
-        (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
-}
+use super::ports::free_ports;
 
 /// A temp dir, removed on drop unless the thread is panicking: then it is kept, and its path
 /// printed, so the node logs in it can be read.

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -1155,11 +1155,7 @@ fn parse_info(text: &str) -> BTreeMap<String, String> {
 /// `count` distinct ports that were free a moment ago. All probe listeners are held until every
 /// port is picked, so the ports differ; another process can still take one before redis binds
 /// it, which [`RedisServer::start_instance`] handles by retrying.
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port")).collect();
-    listeners.iter().map(|listener| listener.local_addr().expect("local address of a port probe").port()).collect()
-}
+use super::ports::free_ports;
 
 fn unique_temp_dir(label: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -574,43 +574,46 @@ impl AuditStore for RedisStore {
         if events.is_empty() {
             return Ok(());
         }
-        let encoded: Vec<(NhsNumber, Vec<u8>)> =
-            events.iter().map(|event| (event.nhs_number, encoding::encode_event(event))).collect();
+        // The distinct patients in first-seen order, and each event's patient as a 1-based index.
+        let mut patients: Vec<NhsNumber> = Vec::new();
+        let mut index_of: HashMap<NhsNumber, usize> = HashMap::new();
+        let encoded: Vec<(usize, Vec<u8>)> = events
+            .iter()
+            .map(|event| {
+                let log = *index_of.entry(event.nhs_number).or_insert_with(|| {
+                    patients.push(event.nhs_number);
+                    patients.len()
+                });
+                (log, encoding::encode_event(event))
+            })
+            .collect();
         let mut invocations = Vec::new();
         if self.cluster {
+            // The export lives in another slot: one call for it, and one per patient's log.
             let mut export = scripts::RECORD.prepare_invoke();
             export.key(keys::AUDIT_EXPORT).arg(0).arg(self.audit_export_retention);
-            let mut by_patient: Vec<(NhsNumber, redis::ScriptInvocation<'static>)> = Vec::new();
-            for (nhs, bytes) in &encoded {
+            let mut logs: Vec<redis::ScriptInvocation<'static>> = patients
+                .iter()
+                .map(|nhs| {
+                    let mut log = scripts::RECORD.prepare_invoke();
+                    log.key(keys::audit(*nhs)).arg(1).arg(0);
+                    log
+                })
+                .collect();
+            for (log, bytes) in &encoded {
                 export.arg(0).arg(bytes.as_slice());
-                let at = match by_patient.iter().position(|(n, _)| n == nhs) {
-                    Some(at) => at,
-                    None => {
-                        let mut log = scripts::RECORD.prepare_invoke();
-                        log.key(keys::audit(*nhs)).arg(1).arg(0);
-                        by_patient.push((*nhs, log));
-                        by_patient.len() - 1
-                    }
-                };
-                by_patient[at].1.arg(1).arg(bytes.as_slice());
+                logs[log - 1].arg(1).arg(bytes.as_slice());
             }
             invocations.push(export);
-            invocations.extend(by_patient.into_iter().map(|(_, log)| log));
+            invocations.extend(logs);
         } else {
-            let mut patients: Vec<NhsNumber> = Vec::new();
-            for (nhs, _) in &encoded {
-                if !patients.contains(nhs) {
-                    patients.push(*nhs);
-                }
-            }
             let mut all = scripts::RECORD.prepare_invoke();
             for nhs in &patients {
                 all.key(keys::audit(*nhs));
             }
             all.key(keys::AUDIT_EXPORT).arg(patients.len()).arg(self.audit_export_retention);
-            for (nhs, bytes) in &encoded {
-                let log = patients.iter().position(|n| n == nhs).map_or(0, |i| i + 1);
-                all.arg(log).arg(bytes.as_slice());
+            for (log, bytes) in &encoded {
+                all.arg(*log).arg(bytes.as_slice());
             }
             invocations.push(all);
         }

@@ -11,12 +11,8 @@
 //! [`AdminServer`] also owns the server's [`Metrics`], so it hands out the metered store and the
 //! per-call layers that feed them.
 
-use crate::audit::AuditStore;
-use crate::config::StoreConfig;
 use crate::metrics::rpc::RpcMetricsLayer;
-use crate::metrics::store::{MeteredAuditStore, MeteredStore};
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
-use crate::store::PointerStore;
 use crate::telemetry::RequestIdLayer;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -81,16 +77,7 @@ impl fmt::Debug for BoundAddress {
     }
 }
 
-/// The short backend name of a store configuration, as `PointerStore::backend` reports it.
-pub fn backend_name(store: &StoreConfig) -> &'static str {
-    match store {
-        StoreConfig::Memory => "memory",
-        StoreConfig::Redis(redis) if redis.cluster => "redis-cluster",
-        StoreConfig::Redis(_) => "redis",
-    }
-}
-
-/// What `/ready` reads: the store's health (kept by [`MeteredStore::ping`]) and the drain flag.
+/// What `/ready` reads: the store's health (kept by the metered store's ping) and the drain flag.
 struct Readiness {
     metrics: Arc<Metrics>,
     draining: AtomicBool,
@@ -118,8 +105,9 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds the listener (unless off) and serves it. Called before the store is opened, so
     /// `/live` answers and `/ready` says why not while a Redis is still awaited.
-    pub async fn start(config: &AdminConfig, store: &StoreConfig) -> std::io::Result<Self> {
-        let metrics = Arc::new(Metrics::new(backend_name(store)));
+    /// `backend` is the store's short name, as `PointerStore::backend` reports it.
+    pub async fn start(config: &AdminConfig, backend: &'static str) -> std::io::Result<Self> {
+        let metrics = Arc::new(Metrics::new(backend));
         let readiness = Arc::new(Readiness { metrics, draining: AtomicBool::new(false) });
         let Some(listen) = config.listen else {
             return Ok(Self { readiness, task: None });
@@ -139,16 +127,6 @@ impl AdminServer {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.readiness.metrics
-    }
-
-    /// The store, timed and counted; its pings drive `nrl_store_up` and `/ready`.
-    pub fn meter(&self, store: Arc<dyn PointerStore>) -> Arc<dyn PointerStore> {
-        Arc::new(MeteredStore::new(store, self.metrics().clone()))
-    }
-
-    /// The audit log, timed and counted (`audit_append` is an audit write).
-    pub fn meter_audit(&self, audit: Arc<dyn AuditStore>) -> Arc<dyn AuditStore> {
-        Arc::new(MeteredAuditStore::new(audit, self.metrics().clone()))
     }
 
     /// The per-call layers for the gRPC server: a request id and span (outer), then metrics.

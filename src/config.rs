@@ -140,6 +140,17 @@ pub enum StoreConfig {
     Redis(RedisConfig),
 }
 
+impl StoreConfig {
+    /// The short backend name, as `PointerStore::backend` reports it.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            StoreConfig::Memory => "memory",
+            StoreConfig::Redis(redis) if redis.cluster => "redis-cluster",
+            StoreConfig::Redis(_) => "redis",
+        }
+    }
+}
+
 /// How callers authenticate, and the TLS the server speaks.
 #[derive(Clone, Debug)]
 pub struct AuthConfig {

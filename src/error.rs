@@ -72,6 +72,7 @@ impl From<StoreError> for RegistryError {
             StoreError::Unavailable(reason) => Self::Unavailable(reason),
             StoreError::Corrupt(reason) => Self::Internal(reason),
             StoreError::OutOfRange(reason) => Self::OutOfRange(reason),
+            StoreError::Unsupported(reason) => Self::precondition("store", reason),
         }
     }
 }

@@ -12,7 +12,6 @@
 
 pub mod admin;
 pub mod api;
-pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod clock;

@@ -7,10 +7,9 @@
 //! label, so neither can an NHS number.
 //!
 //! - [`rpc`]: the tower layer that counts and times every call.
-//! - [`store`]: [`store::MeteredStore`], a `PointerStore` decorator that times every store call.
+//! - `crate::store::metered` times every store call with these series.
 
 pub mod rpc;
-pub mod store;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -177,14 +176,14 @@ impl Metrics {
             .inc();
     }
 
-    fn store_call(&self, operation: &'static str, outcomes: &[&'static str], elapsed: Duration) {
+    pub fn store_call(&self, operation: &'static str, outcomes: &[&'static str], elapsed: Duration) {
         self.store_duration.get_or_create(&OperationLabels { operation }).observe(elapsed.as_secs_f64());
         for &outcome in outcomes {
             self.store_calls.get_or_create(&StoreCallLabels { operation, outcome }).inc();
         }
     }
 
-    fn set_store_up(&self, up: bool) {
+    pub fn set_store_up(&self, up: bool) {
         self.store_up.set(i64::from(up));
     }
 }

@@ -7,7 +7,6 @@
 //! an audit event (outcome included, denials too). If the audit event cannot be written the call
 //! fails: nothing is shown without a record of it.
 
-use crate::audit::{AuditEvent, AuditStore, EventPage};
 use crate::auth::policy::{self, ReadScope};
 use crate::auth::{Caller, Role};
 use crate::clock::Clock;
@@ -19,7 +18,8 @@ use crate::domain::{
     RegionDirectory,
 };
 use crate::error::RegistryError;
-use crate::store::federation::RegionIndex;
+use crate::store::audit::{AuditEvent, AuditStore, EventPage};
+use crate::store::index::RegionIndex;
 use crate::store::{Condition, PatientWrite, PointerStore, ReferenceKey, StoreError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

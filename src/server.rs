@@ -3,7 +3,6 @@
 
 use crate::admin::AdminServer;
 use crate::api::{AuditLogService, PatientAdminService, PointerRegistryService, RecordLocatorService};
-use crate::audit::AuditStore;
 use crate::auth;
 use crate::clock::SystemClock;
 use crate::config::{ServerConfig, StoreConfig};
@@ -21,10 +20,9 @@ use crate::proto::nrl::v1::pointer_registry_server::PointerRegistryServer;
 use crate::proto::nrl::v1::record_locator_server::RecordLocatorServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::registry::Registry;
-use crate::store::federation::{ChangeFeed, RegionIndex};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::PointerStore;
+use crate::store::{PointerStore, Stores};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,27 +58,14 @@ pub enum ServeError {
     Admin(std::io::Error),
 }
 
-/// One backend seen as both stores it implements.
-pub struct Stores {
-    pub pointers: Arc<dyn PointerStore>,
-    pub audit: Arc<dyn AuditStore>,
-    pub feed: Arc<dyn ChangeFeed>,
-    pub index: Arc<dyn RegionIndex>,
-}
-
-fn both<S: PointerStore + AuditStore + ChangeFeed + RegionIndex>(store: S) -> Stores {
-    let store = Arc::new(store);
-    Stores { pointers: store.clone(), audit: store.clone(), feed: store.clone(), index: store }
-}
-
 pub async fn open_store(config: &StoreConfig, catalogue: &PointerTypeCatalogue) -> Result<Stores, ServeError> {
     match config {
-        StoreConfig::Memory => Ok(both(MemoryStore::new())),
+        StoreConfig::Memory => Ok(Stores::of(MemoryStore::new())),
         StoreConfig::Redis(redis) => {
             let store = RedisStore::connect(redis, Arc::new(catalogue.clone()))
                 .await
                 .map_err(|e| ServeError::Store(e.to_string()))?;
-            Ok(both(store))
+            Ok(Stores::of(store))
         }
     }
 }
@@ -99,14 +84,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let admin = AdminServer::start(&config.admin, &config.store).await.map_err(ServeError::Admin)?;
-    let stores = open_store(&config.store, &config.reference.pointer_types).await?;
-    let store = admin.meter(stores.pointers);
+    let admin = AdminServer::start(&config.admin, config.store.backend_name()).await.map_err(ServeError::Admin)?;
+    // Every store call from here on goes through the metering decorators.
+    let stores = open_store(&config.store, &config.reference.pointer_types).await?.metered(admin.metrics());
+    let store = stores.pointers.clone();
     let backend = store.backend();
     let reference = Arc::new(config.reference.clone());
-    let mut registry =
-        Registry::new(store.clone(), admin.meter_audit(stores.audit), reference.clone(), Arc::new(SystemClock))
-            .with_regions(config.node.regions.clone());
+    let mut registry = Registry::new(store.clone(), stores.audit.clone(), reference.clone(), Arc::new(SystemClock))
+        .with_regions(config.node.regions.clone());
     if config.node.national_index {
         // The national node in federated mode holds no pointers itself: writes go to the regions.
         registry = registry.with_index(stores.index.clone()).with_regions(Some(Default::default()));

@@ -1,16 +1,57 @@
-//! Where pointers are kept. [`PointerStore`] is deliberately small: reads of one pointer or one
+//! Every storage port, together: [`PointerStore`] (pointers and restrictions), [`audit::AuditStore`]
+//! (the patients' access logs and the audit export), [`feed::ChangeFeed`] (this node's changes, for
+//! federation) and [`index::RegionIndex`] (the national patient → regions index), their one error
+//! type [`StoreError`], and [`metered`], which times and counts every call through any of them.
+//! Two backends implement all four: [`memory`] (the default) and [`redis`] (standalone and Cluster).
+//!
+//! [`PointerStore`] is deliberately small: reads of one pointer or one
 //! patient, and one atomic, patient-scoped conditional write. The registry's rules live in
 //! `registry`, above it, so every backend enforces them identically.
 //!
 //! Why patient-scoped: on Redis Cluster all of a patient's keys share a hash slot, so any write that
 //! touches only one patient is a single atomic script, and a search is a single round trip.
 
-pub mod federation;
+pub mod audit;
+pub mod feed;
+pub mod index;
 pub mod memory;
+pub mod metered;
 pub mod redis;
 
 use crate::domain::{NhsNumber, OdsCode, Pointer, PointerId, PointerIdCodec, ProducerReference};
+use crate::metrics::Metrics;
 use async_trait::async_trait;
+use audit::AuditStore;
+use feed::ChangeFeed;
+use index::RegionIndex;
+use metered::Metered;
+use std::sync::Arc;
+
+/// One backend seen as the four ports it implements.
+#[derive(Clone)]
+pub struct Stores {
+    pub pointers: Arc<dyn PointerStore>,
+    pub audit: Arc<dyn AuditStore>,
+    pub feed: Arc<dyn ChangeFeed>,
+    pub index: Arc<dyn RegionIndex>,
+}
+
+impl Stores {
+    pub fn of<S: PointerStore + AuditStore + ChangeFeed + RegionIndex>(store: S) -> Self {
+        let store = Arc::new(store);
+        Self { pointers: store.clone(), audit: store.clone(), feed: store.clone(), index: store }
+    }
+
+    /// The same ports, each timed and counted (see [`metered`]).
+    pub fn metered(self, metrics: &Arc<Metrics>) -> Self {
+        Self {
+            pointers: Arc::new(Metered::new(self.pointers, metrics.clone())),
+            audit: Arc::new(Metered::new(self.audit, metrics.clone())),
+            feed: Arc::new(Metered::new(self.feed, metrics.clone())),
+            index: Arc::new(Metered::new(self.index, metrics.clone())),
+        }
+    }
+}
 
 /// What a store holds for one patient.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
@@ -75,6 +116,9 @@ pub enum StoreError {
     /// A cursor points before the oldest entry a bounded stream still keeps.
     #[error("{0}")]
     OutOfRange(String),
+    /// The backend cannot do this (e.g. a change feed on Redis Cluster, which would span slots).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// `metrics::store::MeteredStore` wraps every store and forwards each method, defaults included:

@@ -5,7 +5,7 @@ mod support;
 
 use chrono::{TimeZone, Utc};
 use nrl_registry::domain::{Coding, NhsNumber, PointerIdCodec, PointerTypeCatalogue, RegionCode};
-use nrl_registry::store::federation::{IndexEntry, IndexUpdate, RegionIndex};
+use nrl_registry::store::index::{IndexEntry, IndexUpdate, RegionIndex};
 use nrl_registry::store::memory::MemoryStore;
 use nrl_registry::store::redis::{RedisConfig, RedisStore};
 use std::collections::BTreeSet;

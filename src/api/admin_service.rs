@@ -1,13 +1,13 @@
 //! `nrl.v1.PatientAdmin` and `nrl.v1.AuditLog`: patient restriction, access logs, the audit export.
 
 use super::conversions as conv;
-use crate::audit::AuditEvent;
 use crate::auth::caller_of;
 use crate::error::RegistryError;
 use crate::proto::nrl::v1 as pb;
 use crate::proto::nrl::v1::audit_log_server::AuditLog;
 use crate::proto::nrl::v1::patient_admin_server::PatientAdmin;
 use crate::registry::Registry;
+use crate::store::audit::AuditEvent;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio_stream::Stream;

@@ -7,7 +7,8 @@ use crate::error::RegistryError;
 use crate::proto::nrl::v1 as pb;
 use crate::proto::nrl::v1::change_feed_server::ChangeFeed as ChangeFeedApi;
 use crate::registry::ReferenceData;
-use crate::store::federation::{Change, ChangeBody, ChangeFeed, ChangeKind, FeedError};
+use crate::store::feed::{Change, ChangeBody, ChangeFeed, ChangeKind};
+use crate::store::StoreError;
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,14 +31,8 @@ impl ChangeFeedService {
     }
 }
 
-fn status(error: FeedError) -> Status {
-    match error {
-        FeedError::OutOfRange(cursor) => Status::out_of_range(format!(
-            "after: cursor {cursor} is older than the retained change history; resynchronise and follow from the oldest"
-        )),
-        FeedError::Unsupported(why) => Status::failed_precondition(why),
-        FeedError::Store(e) => RegistryError::from(e).into(),
-    }
+fn status(error: StoreError) -> Status {
+    RegistryError::from(error).into()
 }
 
 fn kind(kind: ChangeKind) -> pb::ChangeKind {
@@ -207,11 +202,8 @@ impl ChangeFeedApi for ChangeFeedService {
 }
 
 /// For callers that only have the proto form (the national follower).
-pub fn index_update(
-    change: &pb::PointerChange,
-    reference: &ReferenceData,
-) -> Option<crate::store::federation::IndexUpdate> {
-    use crate::store::federation::{IndexEntry, IndexUpdate};
+pub fn index_update(change: &pb::PointerChange, reference: &ReferenceData) -> Option<crate::store::index::IndexUpdate> {
+    use crate::store::index::{IndexEntry, IndexUpdate};
     let p = change.pointer.as_ref()?;
     let nhs_number = conv::nhs_number(&p.nhs_number, "pointer.nhs_number").ok()?;
     let id = conv::pointer_id(&p.id, "pointer.id").ok()?;

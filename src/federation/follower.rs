@@ -23,7 +23,7 @@ use crate::domain::{NhsNumber, RegionCode};
 use crate::proto::nrl::v1 as pb;
 use crate::proto::nrl::v1::change_feed_client::ChangeFeedClient;
 use crate::registry::ReferenceData;
-use crate::store::federation::RegionIndex;
+use crate::store::index::RegionIndex;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;

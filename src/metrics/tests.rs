@@ -1,7 +1,7 @@
 use super::*;
 use crate::store::memory::MemoryStore;
+use crate::store::metered::Metered;
 use crate::store::PointerStore;
-use store::MeteredStore;
 
 #[test]
 fn method_labels_are_the_served_paths_and_nothing_else() {
@@ -57,7 +57,7 @@ fn calls_are_counted_by_method_and_code() {
 #[tokio::test]
 async fn the_metered_store_counts_outcomes_and_tracks_store_health() {
     let metrics = Arc::new(Metrics::new("memory"));
-    let store = MeteredStore::new(Arc::new(MemoryStore::new()), metrics.clone());
+    let store: Metered<dyn PointerStore> = Metered::new(Arc::new(MemoryStore::new()), metrics.clone());
     assert!(!metrics.store_up(), "not up before the first ping");
     store.ping().await.expect("memory store answers");
     assert!(metrics.store_up());

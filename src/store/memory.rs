@@ -1,11 +1,10 @@
 //! The embedded in-memory store: the default, so `cargo run` needs nothing else. Nothing survives
 //! a restart; use Redis for anything real.
 
-use super::federation::{
-    changes_of, Change, ChangeFeed, FeedError, IndexEntry, IndexUpdate, RegionIndex, SnapshotPage,
-};
+use super::audit::{AuditEvent, AuditStore, EventPage};
+use super::feed::{changes_of, cursor_out_of_range, Change, ChangeFeed, SnapshotPage};
+use super::index::{IndexEntry, IndexUpdate, RegionIndex};
 use super::{Condition, PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
-use crate::audit::{AuditEvent, AuditStore, EventPage};
 use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec, RegionCode};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -244,7 +243,7 @@ impl AuditStore for MemoryStore {
 
 #[async_trait]
 impl ChangeFeed for MemoryStore {
-    async fn changes_after(&self, after: Option<String>, limit: usize) -> Result<Vec<Change>, FeedError> {
+    async fn changes_after(&self, after: Option<String>, limit: usize) -> Result<Vec<Change>, StoreError> {
         let tables = self.lock();
         let oldest = tables.feed.front().map_or(tables.next_sequence, |(s, _)| *s);
         let start = match after.as_deref() {
@@ -253,11 +252,11 @@ impl ChangeFeed for MemoryStore {
             Some(cursor) => match self.parse_feed_cursor(cursor) {
                 Some((epoch, sequence)) if epoch == self.epoch => sequence + 1,
                 // Another incarnation's cursor, or garbage: the history it refers to is gone.
-                _ => return Err(FeedError::OutOfRange(cursor.to_string())),
+                _ => return Err(cursor_out_of_range(cursor)),
             },
         };
         if start < oldest {
-            return Err(FeedError::OutOfRange(after.unwrap_or_default()));
+            return Err(cursor_out_of_range(&after.unwrap_or_default()));
         }
         let skip = (start - oldest) as usize;
         Ok(tables
@@ -273,12 +272,12 @@ impl ChangeFeed for MemoryStore {
         self.parse_feed_cursor(cursor).is_some()
     }
 
-    async fn latest_cursor(&self) -> Result<String, FeedError> {
+    async fn latest_cursor(&self) -> Result<String, StoreError> {
         Ok(format!("{}-{}", self.epoch, self.lock().next_sequence - 1))
     }
 
     /// The whole store in one page: it is in memory already, and a development store.
-    async fn snapshot_page(&self, _after: Option<String>, _limit: usize) -> Result<SnapshotPage, FeedError> {
+    async fn snapshot_page(&self, _after: Option<String>, _limit: usize) -> Result<SnapshotPage, StoreError> {
         let tables = self.lock();
         Ok(SnapshotPage {
             pointers: tables.by_patient.values().flat_map(|pointers| pointers.values().cloned()).collect(),

@@ -12,12 +12,10 @@ mod encoding;
 mod keys;
 mod scripts;
 
-use super::federation::{
-    changes_of, Change, ChangeBody, ChangeFeed, ChangeKind, FeedError, IndexEntry, IndexUpdate, RegionIndex,
-    SnapshotPage,
-};
+use super::audit::{AuditEvent, AuditStore, EventPage};
+use super::feed::{self, changes_of, Change, ChangeBody, ChangeFeed, ChangeKind, SnapshotPage};
+use super::index::{IndexEntry, IndexUpdate, RegionIndex};
 use super::{Condition, PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
-use crate::audit::{AuditEvent, AuditStore, EventPage};
 use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec, PointerTypeCatalogue, RegionCode};
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -720,12 +718,12 @@ fn stream_position(id: &str) -> Option<(u64, u64)> {
 
 #[async_trait]
 impl ChangeFeed for RedisStore {
-    async fn changes_after(&self, after: Option<String>, limit: usize) -> Result<Vec<Change>, FeedError> {
+    async fn changes_after(&self, after: Option<String>, limit: usize) -> Result<Vec<Change>, StoreError> {
         self.feed_supported()?;
         if let Some(cursor) = &after {
             self.check_kept(keys::FEED, cursor).await.map_err(|e| match e {
-                StoreError::OutOfRange(_) => FeedError::OutOfRange(cursor.clone()),
-                other => other.into(),
+                StoreError::OutOfRange(_) => feed::cursor_out_of_range(cursor),
+                other => other,
             })?;
         }
         let mut connection = self.connection.clone();
@@ -749,7 +747,7 @@ impl ChangeFeed for RedisStore {
                     .find(|(name, _)| name == "e")
                     .map(|(_, v)| v)
                     .ok_or_else(|| StoreError::Corrupt(format!("feed entry {id} has no change")))?;
-                Ok(encoding::decode_change(id, &bytes, &self.catalogue)?)
+                encoding::decode_change(id, &bytes, &self.catalogue)
             })
             .collect()
     }
@@ -758,7 +756,7 @@ impl ChangeFeed for RedisStore {
         stream_position(cursor).is_some()
     }
 
-    async fn latest_cursor(&self) -> Result<String, FeedError> {
+    async fn latest_cursor(&self) -> Result<String, StoreError> {
         self.feed_supported()?;
         let mut connection = self.connection.clone();
         let info: HashMap<String, redis::Value> =
@@ -766,19 +764,19 @@ impl ChangeFeed for RedisStore {
                 Ok(info) => info,
                 // No stream: no change yet. `0-0` is before every id Redis will generate.
                 Err(StoreError::Unavailable(e)) if e.contains("no such key") => return Ok("0-0".into()),
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             };
         info.get("last-generated-id")
             .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
-            .ok_or_else(|| FeedError::Store(StoreError::Corrupt("the feed stream has no last-generated-id".into())))
+            .ok_or_else(|| StoreError::Corrupt("the feed stream has no last-generated-id".into()))
     }
 
     /// A SCAN over the patients' hashes: `after` is the SCAN cursor. SCAN returns every key that
     /// exists for the whole scan at least once (a key may come twice: applying is idempotent).
-    async fn snapshot_page(&self, after: Option<String>, limit: usize) -> Result<SnapshotPage, FeedError> {
+    async fn snapshot_page(&self, after: Option<String>, limit: usize) -> Result<SnapshotPage, StoreError> {
         self.feed_supported()?;
         let Connection::Single(connection) = &self.connection else {
-            return Err(FeedError::Unsupported("snapshots need a standalone Redis store".into()));
+            return Err(StoreError::Unsupported("snapshots need a standalone Redis store".into()));
         };
         let cursor = after.unwrap_or_else(|| "0".into());
         let (next, keys) = self.scan_page(connection, &cursor, "nrl:{*}:p", limit).await?;
@@ -807,10 +805,10 @@ impl ChangeFeed for RedisStore {
 }
 
 impl RedisStore {
-    fn feed_supported(&self) -> Result<(), FeedError> {
+    fn feed_supported(&self) -> Result<(), StoreError> {
         match self.feed {
             Some(_) => Ok(()),
-            None => Err(FeedError::Unsupported(
+            None => Err(StoreError::Unsupported(
                 "the change feed needs a memory or standalone Redis store (on Redis Cluster it would span slots)"
                     .into(),
             )),

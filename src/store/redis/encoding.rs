@@ -9,12 +9,12 @@
 //! Compatibility: fields are only ever added, with new tags. Vocabulary codes are positions in the
 //! domain's `ALL` lists, which are append-only.
 
-use crate::audit::AuditEvent;
 use crate::domain::{
     Coding, Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, Pointer, PointerDraft, PointerId,
     PointerStatus, PointerType, PointerTypeCatalogue, ProducerReference, RegionCode, RetrievalMechanism, Stability,
 };
-use crate::store::federation::{Change, ChangeBody, ChangeKind};
+use crate::store::audit::AuditEvent;
+use crate::store::feed::{Change, ChangeBody, ChangeKind};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use prost::Message;
@@ -314,7 +314,7 @@ pub fn decode_change(cursor: String, bytes: &[u8], catalogue: &PointerTypeCatalo
 }
 
 /// An index entry's value: `region|type|updated ms`, then `|generation` when written by a resync.
-pub fn encode_index_entry(entry: &crate::store::federation::IndexEntry) -> String {
+pub fn encode_index_entry(entry: &crate::store::index::IndexEntry) -> String {
     let base = format!("{}|{}|{}", entry.region, entry.pointer_type.code, entry.updated_at.timestamp_millis());
     match entry.generation {
         0 => base,
@@ -326,7 +326,7 @@ pub fn decode_index_entry(
     id: &[u8],
     value: &str,
     catalogue: &PointerTypeCatalogue,
-) -> Result<crate::store::federation::IndexEntry, StoreError> {
+) -> Result<crate::store::index::IndexEntry, StoreError> {
     let mut parts = value.splitn(4, '|');
     let (Some(region), Some(code), Some(ms)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(StoreError::Corrupt("index entry".into()));
@@ -339,7 +339,7 @@ pub fn decode_index_entry(
         Ok(t) => t.coding.clone(),
         Err(_) => Coding { code: code.to_string(), display: code.to_string() },
     };
-    Ok(crate::store::federation::IndexEntry {
+    Ok(crate::store::index::IndexEntry {
         id: id_from(id)?,
         region: RegionCode::parse(region).ok_or_else(|| StoreError::Corrupt("index region".into()))?,
         pointer_type,
@@ -390,7 +390,7 @@ mod tests {
             assert_eq!(back, Change { cursor: Some("1-0".into()), ..change });
         }
         let p = pointer("9434765919", "QWO", "RR8", "736253002");
-        let change = crate::store::federation::changes_of(&crate::store::PatientWrite {
+        let change = crate::store::feed::changes_of(&crate::store::PatientWrite {
             nhs_number: p.draft.nhs_number,
             conditions: vec![],
             deletes: vec![],

@@ -1,27 +1,32 @@
-//! [`MeteredStore`]: times and counts every call to the store it wraps, whatever the backend, and
-//! turns the health watcher's ping into `nrl_store_up` (which `/ready` reads). [`MeteredAuditStore`]
-//! does the same for the audit log (`audit_append` is an audit write).
+//! [`Metered`]: times and counts every call through any storage port, whatever the backend. One
+//! decorator, four implementations: `Metered<dyn PointerStore>` (its ping drives `nrl_store_up`,
+//! which `/ready` reads), `Metered<dyn AuditStore>` (`audit_append` is an audit write),
+//! `Metered<dyn ChangeFeed>` and `Metered<dyn RegionIndex>`.
 //!
-//! It forwards every `PointerStore` method, including the ones with default bodies, so a backend's
-//! own pipelined `apply_each` or single-round-trip reads are kept. A method added to the trait must
+//! Each forwards every method of its port, including the ones with default bodies, so a backend's
+//! own pipelined `apply_each` or single-round-trip reads are kept. A method added to a port must
 //! be forwarded here too.
 
-use super::Metrics;
-use crate::audit::{AuditEvent, AuditStore, EventPage};
+use super::audit::{AuditEvent, AuditStore, EventPage};
+use super::feed::{Change, ChangeFeed, SnapshotPage};
+use super::index::{IndexEntry, IndexUpdate, RegionIndex};
+use super::{PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
+use crate::domain::RegionCode;
 use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec};
-use crate::store::{PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
+use crate::metrics::Metrics;
 use async_trait::async_trait;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub struct MeteredStore {
-    inner: Arc<dyn PointerStore>,
+/// A storage port, timed and counted.
+pub struct Metered<P: ?Sized> {
+    inner: Arc<P>,
     metrics: Arc<Metrics>,
 }
 
-impl MeteredStore {
-    pub fn new(inner: Arc<dyn PointerStore>, metrics: Arc<Metrics>) -> Self {
+impl<P: ?Sized> Metered<P> {
+    pub fn new(inner: Arc<P>, metrics: Arc<Metrics>) -> Self {
         Self { inner, metrics }
     }
 }
@@ -57,11 +62,12 @@ fn outcome<T>(result: &Result<T, StoreError>) -> &'static str {
         Err(StoreError::Unavailable(_)) => "unavailable",
         Err(StoreError::Corrupt(_)) => "corrupt",
         Err(StoreError::OutOfRange(_)) => "out_of_range",
+        Err(StoreError::Unsupported(_)) => "unsupported",
     }
 }
 
 #[async_trait]
-impl PointerStore for MeteredStore {
+impl PointerStore for Metered<dyn PointerStore> {
     async fn get(&self, id: PointerId) -> Result<Option<Pointer>, StoreError> {
         timed(&self.metrics, "get", self.inner.get(id)).await
     }
@@ -109,19 +115,8 @@ impl PointerStore for MeteredStore {
     }
 }
 
-pub struct MeteredAuditStore {
-    inner: Arc<dyn AuditStore>,
-    metrics: Arc<Metrics>,
-}
-
-impl MeteredAuditStore {
-    pub fn new(inner: Arc<dyn AuditStore>, metrics: Arc<Metrics>) -> Self {
-        Self { inner, metrics }
-    }
-}
-
 #[async_trait]
-impl AuditStore for MeteredAuditStore {
+impl AuditStore for Metered<dyn AuditStore> {
     async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
         timed(&self.metrics, "audit_append", self.inner.append_all(events)).await
     }
@@ -145,5 +140,61 @@ impl AuditStore for MeteredAuditStore {
 
     fn valid_export_cursor(&self, cursor: &str) -> bool {
         self.inner.valid_export_cursor(cursor)
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for Metered<dyn ChangeFeed> {
+    async fn changes_after(&self, after: Option<String>, limit: usize) -> Result<Vec<Change>, StoreError> {
+        timed(&self.metrics, "feed_changes_after", self.inner.changes_after(after, limit)).await
+    }
+
+    fn valid_feed_cursor(&self, cursor: &str) -> bool {
+        self.inner.valid_feed_cursor(cursor)
+    }
+
+    async fn latest_cursor(&self) -> Result<String, StoreError> {
+        timed(&self.metrics, "feed_latest_cursor", self.inner.latest_cursor()).await
+    }
+
+    async fn snapshot_page(&self, after: Option<String>, limit: usize) -> Result<SnapshotPage, StoreError> {
+        timed(&self.metrics, "feed_snapshot_page", self.inner.snapshot_page(after, limit)).await
+    }
+}
+
+#[async_trait]
+impl RegionIndex for Metered<dyn RegionIndex> {
+    async fn index_changes(&self, updates: &[IndexUpdate]) -> Result<(), StoreError> {
+        timed(&self.metrics, "index_changes", self.inner.index_changes(updates)).await
+    }
+
+    async fn index_entries(&self, nhs_number: NhsNumber) -> Result<(Vec<IndexEntry>, bool), StoreError> {
+        timed(&self.metrics, "index_entries", self.inner.index_entries(nhs_number)).await
+    }
+
+    async fn set_region_restriction(
+        &self,
+        nhs_number: NhsNumber,
+        region: &RegionCode,
+        restricted: Option<u64>,
+    ) -> Result<(), StoreError> {
+        timed(
+            &self.metrics,
+            "index_set_region_restriction",
+            self.inner.set_region_restriction(nhs_number, region, restricted),
+        )
+        .await
+    }
+
+    async fn follow_cursor(&self, source: &str) -> Result<Option<String>, StoreError> {
+        timed(&self.metrics, "index_follow_cursor", self.inner.follow_cursor(source)).await
+    }
+
+    async fn set_follow_cursor(&self, source: &str, cursor: &str) -> Result<(), StoreError> {
+        timed(&self.metrics, "index_set_follow_cursor", self.inner.set_follow_cursor(source, cursor)).await
+    }
+
+    async fn sweep_region(&self, region: &RegionCode, generation: u64) -> Result<u64, StoreError> {
+        timed(&self.metrics, "index_sweep_region", self.inner.sweep_region(region, generation)).await
     }
 }

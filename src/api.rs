@@ -1,12 +1,10 @@
-//! The gRPC edge: tonic services, proto ↔ domain conversions and the error → status mapping.
-//! Generated proto types go no deeper than this module.
+//! The inbound edge: the only place requests from outside enter the library. Each protocol is a
+//! sibling module with its own conversions and its own error mapping, over the same `Registry`:
+//! - [`grpc`]: every tonic service the server registers, the gRPC interceptor that authenticates,
+//!   proto ↔ domain conversions, the error → `Status` map, and the gRPC clients one node uses to
+//!   call another (peer search, the regional change feed).
+//!
+//! Generated proto types go no deeper than this module (the client programs, `cli` and `load`,
+//! use them too: they are gRPC clients, not layers of the server).
 
-mod admin_service;
-pub mod conversions;
-mod locator_service;
-mod registry_service;
-pub mod status;
-
-pub use admin_service::{AuditLogService, PatientAdminService};
-pub use locator_service::RecordLocatorService;
-pub use registry_service::PointerRegistryService;
+pub mod grpc;

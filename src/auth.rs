@@ -1,9 +1,10 @@
 //! Who is calling, and what they may do.
 //!
-//! Authentication turns a request's credentials (a JWT bearer token, or an mTLS client certificate)
-//! into a [`Caller`]; [`interceptor`] does it once per request, before any handler runs, and puts the
-//! caller in the request's extensions. Authorisation decisions are all in [`policy`], which the
-//! registry consults for every operation: nothing else decides who may see or change what.
+//! Authentication turns a call's [`Credentials`] (a JWT bearer token, or an mTLS client certificate,
+//! plus the stated purpose of use and end user) into a [`Caller`]. It knows no protocol: each
+//! inbound edge reads the credentials off its own request (the gRPC interceptor in
+//! `api::grpc::interceptor`) and maps the error. Authorisation decisions are all in [`policy`],
+//! which the registry consults for every operation: nothing else decides who may see or change what.
 //!
 //! Permissions travel with the identity: in token claims (`org`, `roles`, `pointer_types`,
 //! `regions`), so the identity provider is the policy point, as in NHS national services; for mTLS,
@@ -15,10 +16,10 @@ pub mod mtls;
 pub mod policy;
 
 use crate::domain::{NhsNumber, OdsCode, RegionCode};
+use crate::error::RegistryError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use tonic::{Request, Status};
 
 /// What a caller may do. A caller can hold several.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
@@ -170,39 +171,53 @@ pub const PURPOSE_HEADER: &str = "x-purpose-of-use";
 pub const END_USER_HEADER: &str = "x-end-user";
 const MAX_END_USER_LEN: usize = 128;
 
+/// What a call presents, as the edge read it off the wire: header values as raw bytes (the edge
+/// does not judge them), and the client certificate chain when the connection has one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Credentials<'a> {
+    pub authorization: Option<&'a [u8]>,
+    pub purpose: Option<&'a [u8]>,
+    pub end_user: Option<&'a [u8]>,
+    /// The client's certificate chain (leaf first, DER), on an mTLS connection.
+    pub peer_certificates: Option<&'a [Vec<u8>]>,
+}
+
+fn text<'a>(value: &'a [u8], field: &str) -> Result<&'a str, RegistryError> {
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|t| t.chars().all(|c| !c.is_control()))
+        .ok_or_else(|| bad_metadata(field, "must be text"))
+}
+
 impl Authenticator {
-    /// Establishes the caller of `request`: credentials first (UNAUTHENTICATED if missing or bad),
-    /// then the stated purpose and end user (INVALID_ARGUMENT if malformed).
-    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    /// Establishes the caller: credentials first (UNAUTHENTICATED if missing or bad), then the
+    /// stated purpose and end user (INVALID_ARGUMENT if malformed).
+    pub fn authenticate(&self, credentials: Credentials<'_>) -> Result<Caller, RegistryError> {
         let mut caller = match self {
             Authenticator::Disabled => Caller::local_developer(),
-            Authenticator::Enabled { jwt, mtls } => {
-                let bearer = request.metadata().get("authorization");
-                match (bearer, jwt, mtls) {
-                    (Some(header), Some(verifier), _) => {
-                        let header = header.to_str().map_err(|_| unauthenticated("malformed authorization header"))?;
-                        let token = header
-                            .strip_prefix("Bearer ")
-                            .ok_or_else(|| unauthenticated("authorization must be `Bearer <token>`"))?;
-                        verifier.verify(token.trim())?
-                    }
-                    (Some(_), None, _) => return Err(unauthenticated("bearer tokens are not accepted here")),
-                    (None, _, Some(clients)) => clients.identify(request)?,
-                    (None, _, None) => {
-                        return Err(unauthenticated("credentials required: authorization: Bearer <token>"))
-                    }
+            Authenticator::Enabled { jwt, mtls } => match (credentials.authorization, jwt, mtls) {
+                (Some(header), Some(verifier), _) => {
+                    let header =
+                        std::str::from_utf8(header).map_err(|_| unauthenticated("malformed authorization header"))?;
+                    let token = header
+                        .strip_prefix("Bearer ")
+                        .ok_or_else(|| unauthenticated("authorization must be `Bearer <token>`"))?;
+                    verifier.verify(token.trim())?
                 }
-            }
+                (Some(_), None, _) => return Err(unauthenticated("bearer tokens are not accepted here")),
+                (None, _, Some(clients)) => clients.identify(credentials.peer_certificates)?,
+                (None, _, None) => return Err(unauthenticated("credentials required: authorization: Bearer <token>")),
+            },
         };
-        if let Some(purpose) = request.metadata().get(PURPOSE_HEADER) {
-            let text = purpose.to_str().map_err(|_| bad_metadata(PURPOSE_HEADER, "must be text"))?;
+        if let Some(purpose) = credentials.purpose {
+            let text = text(purpose, PURPOSE_HEADER)?;
             caller.purpose = Some(Purpose::parse(text).ok_or_else(|| {
                 let all: Vec<&str> = Purpose::ALL.iter().map(|p| p.as_str()).collect();
                 bad_metadata(PURPOSE_HEADER, &format!("must be one of: {}", all.join(", ")))
             })?);
         }
-        if let Some(user) = request.metadata().get(END_USER_HEADER) {
-            let text = user.to_str().map_err(|_| bad_metadata(END_USER_HEADER, "must be text"))?;
+        if let Some(user) = credentials.end_user {
+            let text = text(user, END_USER_HEADER)?;
             if text.is_empty() || text.len() > MAX_END_USER_LEN || text.chars().any(char::is_control) {
                 return Err(bad_metadata(
                     END_USER_HEADER,
@@ -215,28 +230,10 @@ impl Authenticator {
     }
 }
 
-pub fn unauthenticated(reason: &str) -> Status {
-    Status::unauthenticated(reason.to_string())
+pub fn unauthenticated(reason: &str) -> RegistryError {
+    RegistryError::Unauthenticated(reason.to_string())
 }
 
-fn bad_metadata(field: &str, reason: &str) -> Status {
-    crate::error::RegistryError::invalid(field, reason).into()
-}
-
-/// The tonic interceptor: authenticates every call to a protected service and leaves the
-/// [`Caller`] in the request extensions for the handler.
-pub fn interceptor(authenticator: Authenticator) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |mut request: Request<()>| {
-        let caller = authenticator.authenticate(&request)?;
-        // The `rpc` span (telemetry::RequestIdLayer) names the caller's organisation in every log line.
-        tracing::Span::current().record("caller_org", caller.organisation.as_str());
-        request.extensions_mut().insert(caller);
-        Ok(request)
-    }
-}
-
-/// The caller the interceptor established. A missing one is a wiring bug, answered as
-/// UNAUTHENTICATED rather than a panic.
-pub fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
-    request.extensions().get::<Caller>().cloned().ok_or_else(|| unauthenticated("no caller established"))
+fn bad_metadata(field: &str, reason: &str) -> RegistryError {
+    RegistryError::invalid(field, reason)
 }

@@ -1,5 +1,5 @@
-//! The one error type the registry's operations return. `api::status` maps it to gRPC statuses in
-//! a single exhaustive match, so a new variant forces a decision about its status code.
+//! The one error type the registry's operations (and authentication) return. Each inbound edge maps
+//! it in one exhaustive match (`api::grpc::status` for gRPC), so a new variant forces a decision.
 
 use crate::store::StoreError;
 
@@ -18,6 +18,9 @@ pub enum RegistryError {
     /// The request is well-formed but the stored state does not allow it.
     #[error("{field}: {reason}")]
     FailedPrecondition { field: String, reason: String },
+    /// Missing, malformed or unaccepted credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
     /// A cursor older than the retention of the stream it points into.
@@ -25,6 +28,9 @@ pub enum RegistryError {
     OutOfRange(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The call (or a call it made to another node) ran out of time.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -46,10 +52,21 @@ impl RegistryError {
             Self::AlreadyExists(_) => "ALREADY_EXISTS",
             Self::Aborted(_) => "ABORTED",
             Self::FailedPrecondition { .. } => "FAILED_PRECONDITION",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::PermissionDenied(_) => "PERMISSION_DENIED",
             Self::OutOfRange(_) => "OUT_OF_RANGE",
             Self::Unavailable(_) => "UNAVAILABLE",
+            Self::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The message alone, without the prefix `Display` adds to some variants (what a caller reads
+    /// in a status message or a region's outcome).
+    pub fn message(&self) -> String {
+        match self {
+            Self::Unavailable(reason) | Self::Internal(reason) => reason.clone(),
+            other => other.to_string(),
         }
     }
 

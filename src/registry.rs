@@ -8,7 +8,7 @@
 //! fails: nothing is shown without a record of it.
 
 use crate::auth::policy::{self, ReadScope};
-use crate::auth::{Caller, Role};
+use crate::auth::Caller;
 use crate::clock::Clock;
 use crate::domain::locate::{summarise, summarise_regions, RegionSummary};
 use crate::domain::query::{self, Page, PageRequest, PointerQuery};
@@ -19,6 +19,7 @@ use crate::domain::{
 };
 use crate::error::RegistryError;
 use crate::store::audit::{AuditEvent, AuditStore, EventPage};
+use crate::store::feed::ChangeFeed;
 use crate::store::index::RegionIndex;
 use crate::store::{Condition, PatientWrite, PointerStore, ReferenceKey, StoreError};
 use std::collections::{BTreeSet, HashMap};
@@ -60,6 +61,8 @@ pub struct Registry {
     node_regions: Option<Arc<BTreeSet<RegionCode>>>,
     /// On the national node in federated mode: the patient → regions index LocatePatient reads.
     index: Option<Arc<dyn RegionIndex>>,
+    /// This node's change feed, which peer nodes follow.
+    feed: Option<Arc<dyn ChangeFeed>>,
     store: Arc<dyn PointerStore>,
     audit: Arc<dyn AuditStore>,
     reference: Arc<ReferenceData>,
@@ -79,7 +82,7 @@ impl Registry {
         reference: Arc<ReferenceData>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { node_regions: None, index: None, store, audit, reference, clock }
+        Self { node_regions: None, index: None, feed: None, store, audit, reference, clock }
     }
 
     /// Makes this a regional node holding only `regions`.
@@ -92,6 +95,29 @@ impl Registry {
     pub fn with_index(mut self, index: Arc<dyn RegionIndex>) -> Self {
         self.index = Some(index);
         self
+    }
+
+    /// Lets peer nodes follow this node's changes.
+    pub fn with_feed(mut self, feed: Arc<dyn ChangeFeed>) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    fn feed(&self) -> Result<Arc<dyn ChangeFeed>, RegistryError> {
+        self.feed.clone().ok_or_else(|| RegistryError::precondition("store", "this node keeps no change feed"))
+    }
+
+    /// The change feed, for a caller allowed to follow it. Replication is logged by the feed
+    /// service as one operation, not audited per patient (it is node-to-node, for the peer role).
+    pub fn change_feed(&self, caller: &Caller) -> Result<Arc<dyn ChangeFeed>, RegistryError> {
+        policy::check_follow_feed(caller)?;
+        self.feed()
+    }
+
+    /// The change feed's snapshot side, for a caller allowed to read snapshots.
+    pub fn snapshot_source(&self, caller: &Caller) -> Result<Arc<dyn ChangeFeed>, RegistryError> {
+        policy::check_snapshot(caller)?;
+        self.feed()
     }
 
     pub fn node_regions(&self) -> Option<&BTreeSet<RegionCode>> {
@@ -692,7 +718,7 @@ impl Registry {
         nhs_number: NhsNumber,
         restricted: bool,
     ) -> Result<bool, RegistryError> {
-        let result = match policy::require(caller, &[Role::Admin], "restricting a patient") {
+        let result = match policy::check_set_restriction(caller) {
             Ok(()) => self.store.set_restriction(nhs_number, restricted).await.map(|()| restricted).map_err(Into::into),
             Err(e) => Err(e),
         };
@@ -700,7 +726,7 @@ impl Registry {
     }
 
     pub async fn restriction(&self, caller: &Caller, nhs_number: NhsNumber) -> Result<bool, RegistryError> {
-        let result = match policy::require(caller, &[Role::Admin], "reading a patient's restriction") {
+        let result = match policy::check_read_restriction(caller) {
             Ok(()) => self.store.patient_record(nhs_number).await.map(|r| r.restricted).map_err(Into::into),
             Err(e) => Err(e),
         };
@@ -731,7 +757,7 @@ impl Registry {
         after: Option<String>,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, RegistryError> {
-        policy::require(caller, &[Role::Auditor], "exporting audit events")?;
+        policy::check_audit_export(caller)?;
         Ok(self.audit.events_after(after, limit.clamp(1, MAX_AUDIT_PAGE)).await?)
     }
 

@@ -2,16 +2,18 @@
 //! and graceful shutdown.
 
 use crate::admin::AdminServer;
-use crate::api::{AuditLogService, PatientAdminService, PointerRegistryService, RecordLocatorService};
-use crate::auth;
+use crate::api::grpc::interceptor::interceptor;
+use crate::api::grpc::peer_client::GrpcRegionalFeed;
+use crate::api::grpc::{
+    AuditLogService, ChangeFeedService, FederatedLocatorService, PatientAdminService, PointerRegistryService,
+    RecordLocatorService,
+};
 use crate::clock::SystemClock;
 use crate::config::{ServerConfig, StoreConfig};
 use crate::domain::limits::MAX_MESSAGE_BYTES;
 use crate::domain::PointerTypeCatalogue;
-use crate::federation::feed_service::ChangeFeedService;
 use crate::federation::follower;
 use crate::federation::peers::Peers;
-use crate::federation::search::FederatedLocatorService;
 use crate::proto::nrl::v1::audit_log_server::AuditLogServer;
 use crate::proto::nrl::v1::change_feed_server::ChangeFeedServer;
 use crate::proto::nrl::v1::federated_locator_server::FederatedLocatorServer;
@@ -91,7 +93,8 @@ pub async fn run(
     let backend = store.backend();
     let reference = Arc::new(config.reference.clone());
     let mut registry = Registry::new(store.clone(), stores.audit.clone(), reference.clone(), Arc::new(SystemClock))
-        .with_regions(config.node.regions.clone());
+        .with_regions(config.node.regions.clone())
+        .with_feed(stores.feed.clone());
     if config.node.national_index {
         // The national node in federated mode holds no pointers itself: writes go to the regions.
         registry = registry.with_index(stores.index.clone()).with_regions(Some(Default::default()));
@@ -111,7 +114,7 @@ pub async fn run(
 
     // Every service with patient data sits behind authentication; health and reflection do not
     // (probes and tooling need them, and they reveal nothing about patients).
-    let authenticate = auth::interceptor(config.auth.authenticator.clone());
+    let authenticate = interceptor(config.auth.authenticator.clone());
     let registry_service = InterceptedService::new(
         PointerRegistryServer::new(PointerRegistryService::new(registry.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -130,10 +133,8 @@ pub async fn run(
     );
     let audit_service =
         InterceptedService::new(AuditLogServer::new(AuditLogService::new(registry.clone())), authenticate.clone());
-    let feed_service = InterceptedService::new(
-        ChangeFeedServer::new(ChangeFeedService::new(stores.feed.clone(), reference.clone())),
-        authenticate.clone(),
-    );
+    let feed_service =
+        InterceptedService::new(ChangeFeedServer::new(ChangeFeedService::new(registry.clone())), authenticate.clone());
     // A national node in federated mode fans out to, and follows, the regional nodes named in the
     // region directory; any other node answers federated searches from its own store.
     let peers = Arc::new(if config.node.national_index {
@@ -143,7 +144,8 @@ pub async fn run(
     });
     let followers = if config.node.national_index {
         tracing::info!(regional_nodes = peers.regions().count(), "national node: following regional change feeds");
-        follower::spawn(peers.clone(), stores.index.clone(), reference.clone(), config.node.peer_token.clone())
+        let feed = GrpcRegionalFeed::new(peers.clone(), config.node.peer_token.clone(), reference.clone());
+        follower::spawn(&peers, stores.index.clone(), Arc::new(feed))
     } else {
         Vec::new()
     };

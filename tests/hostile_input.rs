@@ -14,7 +14,7 @@ mod support;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body as _, Frame};
-use nrl_registry::api::conversions as conv;
+use nrl_registry::api::grpc::conversions as conv;
 use nrl_registry::config::StoreConfig;
 use nrl_registry::domain::query::encode_page_token;
 use nrl_registry::domain::PointerId;

@@ -4,11 +4,11 @@
 
 use super::{unauthenticated, Caller, Role, Scope};
 use crate::domain::{NhsNumber, OdsCode, RegionCode};
+use crate::error::RegistryError;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use tonic::Status;
 
 /// The claims a token carries. `pointer_types` and `regions` absent mean "all".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +96,7 @@ impl JwtVerifier {
 
     /// Checks the token and turns its claims into a caller. Every failure is UNAUTHENTICATED with
     /// a short reason and nothing from inside the token.
-    pub fn verify(&self, token: &str) -> Result<Caller, Status> {
+    pub fn verify(&self, token: &str) -> Result<Caller, RegistryError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| unauthenticated("malformed token"))?;
         let key = self
             .keys
@@ -126,7 +126,7 @@ impl JwtVerifier {
 }
 
 /// The caller a token (or an mTLS client entry) describes.
-pub fn caller_from_claims(claims: &Claims) -> Result<Caller, Status> {
+pub fn caller_from_claims(claims: &Claims) -> Result<Caller, RegistryError> {
     let application = claims.sub.trim();
     if application.is_empty() || application.len() > 128 {
         return Err(unauthenticated("token subject must name the application"));

@@ -9,9 +9,9 @@
 
 use super::jwt::{caller_from_claims, Claims};
 use super::{unauthenticated, Caller};
+use crate::error::RegistryError;
 use serde::Deserialize;
 use std::collections::HashMap;
-use tonic::{Request, Status};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 #[derive(Deserialize)]
@@ -56,7 +56,7 @@ impl ClientDirectory {
                 nhs_number: None,
             };
             let caller = caller_from_claims(&claims)
-                .map_err(|e| format!("clients file entry {:?}: {}", entry.common_name, e.message()))?;
+                .map_err(|e| format!("clients file entry {:?}: {}", entry.common_name, e))?;
             if clients.insert(entry.common_name.clone(), caller).is_some() {
                 return Err(format!("clients file lists {:?} twice", entry.common_name));
             }
@@ -65,9 +65,8 @@ impl ClientDirectory {
     }
 
     /// The caller presenting the request's client certificate.
-    pub fn identify<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let certs = request
-            .peer_certs()
+    pub fn identify(&self, certificates: Option<&[Vec<u8>]>) -> Result<Caller, RegistryError> {
+        let certs = certificates
             .ok_or_else(|| unauthenticated("credentials required: a client certificate or a bearer token"))?;
         let leaf = certs.first().ok_or_else(|| unauthenticated("credentials required: a client certificate"))?;
         let (_, cert) =

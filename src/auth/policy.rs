@@ -9,6 +9,7 @@
 //! - A restricted patient's pointers are hidden from every reader unless the purpose is
 //!   `emergency` (break-glass, flagged in the audit).
 //! - Admins restrict patients; auditors read any access log, the patient portal only its own patient's; auditors export.
+//! - Peer nodes (the national node) follow a node's change feed and read its snapshots.
 
 use super::{Caller, Purpose, Role};
 use crate::domain::{NhsNumber, Pointer, PointerDraft};
@@ -122,7 +123,32 @@ pub fn check_access_log(caller: &Caller, nhs_number: NhsNumber) -> Result<(), Re
     require(caller, &[Role::Auditor, Role::Portal], "reading an access log")
 }
 
-pub fn require(caller: &Caller, roles: &[Role], what: &str) -> Result<(), RegistryError> {
+/// Restricting or lifting a patient's restriction.
+pub fn check_set_restriction(caller: &Caller) -> Result<(), RegistryError> {
+    require(caller, &[Role::Admin], "restricting a patient")
+}
+
+/// Reading whether a patient is restricted.
+pub fn check_read_restriction(caller: &Caller) -> Result<(), RegistryError> {
+    require(caller, &[Role::Admin], "reading a patient's restriction")
+}
+
+/// Reading the audit export (every patient's events).
+pub fn check_audit_export(caller: &Caller) -> Result<(), RegistryError> {
+    require(caller, &[Role::Auditor], "exporting audit events")
+}
+
+/// Following this node's change feed: node-to-node replication.
+pub fn check_follow_feed(caller: &Caller) -> Result<(), RegistryError> {
+    require(caller, &[Role::Peer], "following the change feed")
+}
+
+/// Reading a snapshot of this node's pointers: node-to-node replication.
+pub fn check_snapshot(caller: &Caller) -> Result<(), RegistryError> {
+    require(caller, &[Role::Peer], "reading a snapshot")
+}
+
+fn require(caller: &Caller, roles: &[Role], what: &str) -> Result<(), RegistryError> {
     if caller.unrestricted || roles.iter().any(|r| caller.has(*r)) {
         return Ok(());
     }

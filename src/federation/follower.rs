@@ -17,13 +17,12 @@
 //! restricted. A crash mid-resync leaves
 //! the cursor unset, so the next start resynchronises again.
 
-use super::feed_service::index_update;
 use super::peers::Peers;
 use crate::domain::{NhsNumber, RegionCode};
-use crate::proto::nrl::v1 as pb;
-use crate::proto::nrl::v1::change_feed_client::ChangeFeedClient;
-use crate::registry::ReferenceData;
-use crate::store::index::RegionIndex;
+use crate::error::RegistryError;
+use crate::store::index::{IndexUpdate, RegionIndex};
+use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -31,24 +30,53 @@ use tokio::task::JoinHandle;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// One change read from a regional feed, with the feed cursor just after it.
+#[derive(Clone, Debug)]
+pub struct FollowedChange {
+    pub cursor: String,
+    pub item: FeedItem,
+}
+
+/// What a regional feed or snapshot says, as the index needs it.
+#[derive(Clone, Debug)]
+pub enum FeedItem {
+    /// A pointer changed: the index's view of it.
+    Pointer(IndexUpdate),
+    /// The region's node restricted (true) or lifted the restriction of (false) a patient.
+    Restriction { nhs_number: NhsNumber, restricted: bool },
+    /// Something the index cannot read (logged and skipped, so one bad change cannot stall a region).
+    Unreadable(&'static str),
+}
+
+/// How the follower reaches a regional node's change feed. `api::grpc::peer_client` implements it
+/// over gRPC (`nrl.v1.ChangeFeed`); the follower knows only domain types.
+#[async_trait]
+pub trait RegionalFeed: Send + Sync + 'static {
+    /// The node's changes to `region` after `after`, as they happen; the stream ends when the
+    /// connection does. A cursor the node no longer holds is `RegistryError::OutOfRange`.
+    async fn watch(
+        &self,
+        url: &str,
+        region: &RegionCode,
+        after: String,
+    ) -> Result<BoxStream<'static, Result<FollowedChange, RegistryError>>, RegistryError>;
+
+    /// A snapshot of the node's current pointers of `region` and its restricted patients: the feed
+    /// cursor taken before the first read, then the items.
+    async fn snapshot(
+        &self,
+        url: &str,
+        region: &RegionCode,
+    ) -> Result<(String, BoxStream<'static, Result<FeedItem, RegistryError>>), RegistryError>;
+}
+
 /// Starts a follower for every regional node in `peers`.
-pub fn spawn(
-    peers: Arc<Peers>,
-    index: Arc<dyn RegionIndex>,
-    reference: Arc<ReferenceData>,
-    token: Option<String>,
-) -> Vec<JoinHandle<()>> {
+pub fn spawn(peers: &Peers, index: Arc<dyn RegionIndex>, feed: Arc<dyn RegionalFeed>) -> Vec<JoinHandle<()>> {
     peers
         .regions()
         .map(|(region, url)| {
-            let follower = Follower {
-                region: region.clone(),
-                url: url.to_string(),
-                peers: peers.clone(),
-                index: index.clone(),
-                reference: reference.clone(),
-                token: token.clone(),
-            };
+            let follower =
+                Follower { region: region.clone(), url: url.to_string(), index: index.clone(), feed: feed.clone() };
             tokio::spawn(async move { follower.run().await })
         })
         .collect()
@@ -61,14 +89,8 @@ const RESYNC_BATCH: usize = 500;
 struct Follower {
     region: RegionCode,
     url: String,
-    peers: Arc<Peers>,
     index: Arc<dyn RegionIndex>,
-    reference: Arc<ReferenceData>,
-    token: Option<String>,
-}
-
-fn unavailable(e: impl ToString) -> tonic::Status {
-    tonic::Status::unavailable(e.to_string())
+    feed: Arc<dyn RegionalFeed>,
 }
 
 impl Follower {
@@ -84,7 +106,7 @@ impl Follower {
             }
             match outcome {
                 Ok(()) => {}
-                Err(status) if status.code() == tonic::Code::OutOfRange => {
+                Err(RegistryError::OutOfRange(_)) => {
                     tracing::warn!(
                         region = %region,
                         "the regional feed no longer holds our cursor: resynchronising the region from a snapshot"
@@ -93,8 +115,8 @@ impl Follower {
                         tracing::warn!(region = %region, error = %e, "cannot reset the follow cursor");
                     }
                 }
-                Err(status) => {
-                    tracing::warn!(region = %region, code = ?status.code(), error = %status.message(), "following the regional feed failed; retrying")
+                Err(error) => {
+                    tracing::warn!(region = %region, code = error.code_name(), error = %error, "following the regional feed failed; retrying")
                 }
             }
             tokio::time::sleep(backoff).await;
@@ -102,57 +124,46 @@ impl Follower {
         }
     }
 
-    /// A request to the regional node's feed, with the peer token and the purpose it expects.
-    fn request<T>(&self, message: T) -> Result<tonic::Request<T>, tonic::Status> {
-        let mut request = tonic::Request::new(message);
-        if let Some(token) = &self.token {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| unavailable("the peer token is not valid header text"))?;
-            request.metadata_mut().insert("authorization", value);
+    /// Applies one feed or snapshot item to the index (`generation`: 0 when followed, else the
+    /// resync writing it). Pointer updates are returned for the caller to batch.
+    async fn apply(&self, item: FeedItem, generation: u64) -> Result<Option<IndexUpdate>, RegistryError> {
+        let region = &self.region;
+        match item {
+            FeedItem::Pointer(mut update) => {
+                if let Some(entry) = update.current.as_mut() {
+                    entry.generation = generation;
+                }
+                Ok(Some(update))
+            }
+            FeedItem::Restriction { nhs_number, restricted } => {
+                let restricted = restricted.then_some(generation);
+                self.index.set_region_restriction(nhs_number, region, restricted).await?;
+                Ok(None)
+            }
+            FeedItem::Unreadable(what) => {
+                tracing::warn!(region = %region, what, "skipping a change the index cannot read");
+                Ok(None)
+            }
         }
-        request
-            .metadata_mut()
-            .insert(crate::auth::PURPOSE_HEADER, tonic::metadata::MetadataValue::from_static("administration"));
-        Ok(request)
-    }
-
-    fn client(&self) -> Result<ChangeFeedClient<tonic::transport::Channel>, tonic::Status> {
-        Ok(ChangeFeedClient::new(self.peers.channel(&self.url).map_err(unavailable)?))
     }
 
     /// Follows until the stream breaks (resynchronising first when there is no cursor), counting
     /// the changes applied.
-    async fn follow(&self, applied: &mut usize) -> Result<(), tonic::Status> {
+    async fn follow(&self, applied: &mut usize) -> Result<(), RegistryError> {
         let (region, index) = (&self.region, self.index.as_ref());
-        let stored = index.follow_cursor(region.as_str()).await.map_err(unavailable)?;
+        let stored = index.follow_cursor(region.as_str()).await?;
         let after = match stored.filter(|c| !c.is_empty()) {
             Some(cursor) => cursor,
             None => self.resync().await?,
         };
-        let request =
-            self.request(pb::WatchPointersRequest { after, regions: vec![region.to_string()], types: vec![] })?;
-        let mut stream = self.client()?.watch_pointers(request).await?.into_inner();
+        let mut stream = self.feed.watch(&self.url, region, after).await?;
         tracing::info!(region = %region, url = %self.url, "following the regional change feed");
-        while let Some(change) = stream.message().await? {
-            let restriction = match pb::ChangeKind::try_from(change.kind) {
-                Ok(pb::ChangeKind::Restricted) => Some(Some(0)),
-                Ok(pb::ChangeKind::Unrestricted) => Some(None),
-                _ => None,
-            };
-            if let Some(restricted) = restriction {
-                match NhsNumber::parse(&change.nhs_number) {
-                    Ok(nhs) => index.set_region_restriction(nhs, region, restricted).await.map_err(unavailable)?,
-                    Err(_) => {
-                        tracing::warn!(region = %region, cursor = %change.cursor, "skipping a restriction change without a valid NHS number")
-                    }
-                }
-            } else if let Some(update) = index_update(&change, &self.reference) {
-                index.index_changes(&[update]).await.map_err(unavailable)?;
-            } else {
-                tracing::warn!(region = %region, cursor = %change.cursor, "skipping a change the index cannot read");
+        while let Some(change) = stream.next().await {
+            let change = change?;
+            if let Some(update) = self.apply(change.item, 0).await? {
+                index.index_changes(&[update]).await?;
             }
-            index.set_follow_cursor(region.as_str(), &change.cursor).await.map_err(unavailable)?;
+            index.set_follow_cursor(region.as_str(), &change.cursor).await?;
             *applied += 1;
         }
         Ok(())
@@ -160,61 +171,29 @@ impl Follower {
 
     /// Replaces what the index holds for the region with a snapshot from its node; returns the
     /// feed cursor to follow from (already stored).
-    async fn resync(&self) -> Result<String, tonic::Status> {
+    async fn resync(&self) -> Result<String, RegistryError> {
         let (region, index) = (&self.region, self.index.as_ref());
         // Entries of earlier resyncs carry earlier start times, entries from following carry 0.
         let generation = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(1).max(1);
-        let request = self.request(pb::SnapshotPointersRequest { regions: vec![region.to_string()] })?;
-        let mut stream = self.client()?.snapshot_pointers(request).await?.into_inner();
-        let cursor = match stream.message().await? {
-            Some(pb::SnapshotItem { item: Some(pb::snapshot_item::Item::Cursor(cursor)) }) => cursor,
-            other => {
-                return Err(tonic::Status::internal(format!("a snapshot must start with its cursor, got {other:?}")));
-            }
-        };
+        let (cursor, mut stream) = self.feed.snapshot(&self.url, region).await?;
         let mut batch = Vec::with_capacity(RESYNC_BATCH);
         let mut written = 0usize;
-        loop {
-            let item = stream.message().await?;
-            let done = item.is_none();
-            if let Some(pb::SnapshotItem { item: Some(pb::snapshot_item::Item::RestrictedNhsNumber(nhs)) }) = &item {
-                match NhsNumber::parse(nhs) {
-                    Ok(nhs) => {
-                        index.set_region_restriction(nhs, region, Some(generation)).await.map_err(unavailable)?
-                    }
-                    Err(_) => {
-                        tracing::warn!(region = %region, "skipping a snapshot restriction without a valid NHS number")
-                    }
-                }
+        while let Some(item) = stream.next().await {
+            if let Some(update) = self.apply(item?, generation).await? {
+                batch.push(update);
             }
-            if let Some(pb::SnapshotItem { item: Some(pb::snapshot_item::Item::Pointer(pointer)) }) = item {
-                let change = pb::PointerChange {
-                    cursor: String::new(),
-                    kind: pb::ChangeKind::Created as i32,
-                    nhs_number: pointer.nhs_number.clone(),
-                    pointer: Some(*pointer),
-                };
-                match index_update(&change, &self.reference) {
-                    Some(mut update) => {
-                        if let Some(entry) = update.current.as_mut() {
-                            entry.generation = generation;
-                        }
-                        batch.push(update);
-                    }
-                    None => tracing::warn!(region = %region, "skipping a snapshot pointer the index cannot read"),
-                }
-            }
-            if batch.len() >= RESYNC_BATCH || (done && !batch.is_empty()) {
-                index.index_changes(&batch).await.map_err(unavailable)?;
+            if batch.len() >= RESYNC_BATCH {
+                index.index_changes(&batch).await?;
                 written += batch.len();
                 batch.clear();
             }
-            if done {
-                break;
-            }
         }
-        let removed = index.sweep_region(region, generation).await.map_err(unavailable)?;
-        index.set_follow_cursor(region.as_str(), &cursor).await.map_err(unavailable)?;
+        if !batch.is_empty() {
+            index.index_changes(&batch).await?;
+            written += batch.len();
+        }
+        let removed = index.sweep_region(region, generation).await?;
+        index.set_follow_cursor(region.as_str(), &cursor).await?;
         tracing::info!(region = %region, written, removed, "resynchronised the region from a snapshot");
         Ok(cursor)
     }

@@ -1,4 +1,5 @@
-//! Generated protobuf types meet domain types here and nowhere else. proto → domain validates and
+//! Generated protobuf types meet domain types here and nowhere else (for gRPC; the CLI and the load
+//! runner are clients with their own). proto → domain validates and
 //! names the offending field (`pointer.content[0].url`); domain → proto cannot fail.
 
 use crate::domain::limits::{
@@ -12,8 +13,10 @@ use crate::domain::{
     PointerStatus, PointerType, ProducerReference, Region, RegionKind, RetrievalMechanism, Stability,
 };
 use crate::error::RegistryError;
+use crate::federation::follower::FeedItem;
 use crate::proto::nrl::v1 as pb;
 use crate::registry::ReferenceData;
+use crate::store::index::{IndexEntry, IndexUpdate};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeSet;
 
@@ -321,4 +324,64 @@ pub fn region_location(summary: &RegionSummary, reference: &ReferenceData) -> pb
 
 pub fn pointer_type_entry(ty: &PointerType) -> pb::PointerTypeEntry {
     pb::PointerTypeEntry { r#type: Some(coding(&ty.coding)), category: Some(coding(&ty.category)) }
+}
+
+/// A pointer from another node's feed or snapshot, as the national index keeps it: the entry when
+/// the pointer is current, `None` when it was deleted or superseded, or nothing when the index
+/// cannot read it.
+fn index_update(p: &pb::Pointer, deleted: bool, reference: &ReferenceData) -> Option<IndexUpdate> {
+    let nhs_number = nhs_number(&p.nhs_number, "pointer.nhs_number").ok()?;
+    let id = pointer_id(&p.id, "pointer.id").ok()?;
+    let current = p.status == pb::PointerStatus::Current as i32 && !deleted;
+    let entry = if current {
+        let region = reference.regions.parse_code(&p.region).ok()?;
+        let code = p.r#type.as_ref()?.code.clone();
+        // A type this node's catalogue does not know yet still locates the patient.
+        let pointer_type = match reference.pointer_types.pointer_type(&code) {
+            Ok(t) => t.coding.clone(),
+            Err(_) => Coding { display: code.clone(), code },
+        };
+        let updated_at = timestamp(p.updated_at.as_ref()?, "pointer.updated_at").ok()?;
+        Some(IndexEntry { id, region, pointer_type, updated_at, generation: 0 })
+    } else {
+        None
+    };
+    Some(IndexUpdate { nhs_number, id, current: entry })
+}
+
+/// One change of a regional node's feed, as the follower applies it.
+pub fn feed_item(change: &pb::PointerChange, reference: &ReferenceData) -> FeedItem {
+    let restricted = match pb::ChangeKind::try_from(change.kind) {
+        Ok(pb::ChangeKind::Restricted) => Some(true),
+        Ok(pb::ChangeKind::Unrestricted) => Some(false),
+        _ => None,
+    };
+    if let Some(restricted) = restricted {
+        return match NhsNumber::parse(&change.nhs_number) {
+            Ok(nhs_number) => FeedItem::Restriction { nhs_number, restricted },
+            Err(_) => FeedItem::Unreadable("a restriction change without a valid NHS number"),
+        };
+    }
+    let deleted = change.kind == pb::ChangeKind::Deleted as i32;
+    match change.pointer.as_ref().and_then(|p| index_update(p, deleted, reference)) {
+        Some(update) => FeedItem::Pointer(update),
+        None => FeedItem::Unreadable("a pointer change the index cannot read"),
+    }
+}
+
+/// One item of a regional node's snapshot (after its leading cursor), as the follower applies it.
+pub fn snapshot_item(item: pb::SnapshotItem, reference: &ReferenceData) -> FeedItem {
+    match item.item {
+        Some(pb::snapshot_item::Item::Pointer(p)) => match index_update(&p, false, reference) {
+            Some(update) => FeedItem::Pointer(update),
+            None => FeedItem::Unreadable("a snapshot pointer the index cannot read"),
+        },
+        Some(pb::snapshot_item::Item::RestrictedNhsNumber(nhs)) => match NhsNumber::parse(&nhs) {
+            Ok(nhs_number) => FeedItem::Restriction { nhs_number, restricted: true },
+            Err(_) => FeedItem::Unreadable("a snapshot restriction without a valid NHS number"),
+        },
+        Some(pb::snapshot_item::Item::Cursor(_)) | None => {
+            FeedItem::Unreadable("a snapshot item that is not a pointer")
+        }
+    }
 }

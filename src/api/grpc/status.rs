@@ -1,5 +1,6 @@
-//! The one place registry errors become gRPC statuses. `code_of` is exhaustive on purpose: a new
-//! error variant does not compile until someone decides its code.
+//! The one place registry errors become gRPC statuses, and (for the answers of other nodes) the
+//! one place statuses become registry errors. `code_of` is exhaustive on purpose: a new error
+//! variant does not compile until someone decides its code.
 
 use crate::error::RegistryError;
 use tonic::{Code, Status};
@@ -37,9 +38,32 @@ pub fn code_of(error: &RegistryError) -> Code {
         RegistryError::NotFound(_) => Code::NotFound,
         RegistryError::AlreadyExists(_) => Code::AlreadyExists,
         RegistryError::Aborted(_) => Code::Aborted,
+        RegistryError::Unauthenticated(_) => Code::Unauthenticated,
         RegistryError::PermissionDenied(_) => Code::PermissionDenied,
         RegistryError::OutOfRange(_) => Code::OutOfRange,
         RegistryError::Unavailable(_) => Code::Unavailable,
+        RegistryError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         RegistryError::Internal(_) => Code::Internal,
+    }
+}
+
+/// What another node's status means here (a peer's answer to a federated search or to the
+/// follower). Transport failures (UNKNOWN, CANCELLED) count as the node being unavailable.
+pub fn error_of(status: &Status) -> RegistryError {
+    let message = status.message().to_string();
+    match status.code() {
+        Code::Ok | Code::Unknown | Code::Cancelled | Code::Unavailable => RegistryError::Unavailable(message),
+        Code::InvalidArgument => RegistryError::invalid("request", message),
+        Code::FailedPrecondition => RegistryError::precondition("request", message),
+        Code::NotFound => RegistryError::NotFound(message),
+        Code::AlreadyExists => RegistryError::AlreadyExists(message),
+        Code::Aborted => RegistryError::Aborted(message),
+        Code::Unauthenticated => RegistryError::Unauthenticated(message),
+        Code::PermissionDenied => RegistryError::PermissionDenied(message),
+        Code::OutOfRange => RegistryError::OutOfRange(message),
+        Code::DeadlineExceeded => RegistryError::DeadlineExceeded(message),
+        Code::ResourceExhausted | Code::Unimplemented | Code::Internal | Code::DataLoss => {
+            RegistryError::Internal(format!("{:?}: {message}", status.code()))
+        }
     }
 }

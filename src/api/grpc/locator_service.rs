@@ -22,7 +22,7 @@ impl RecordLocator for RecordLocatorService {
         &self,
         request: Request<pb::LocatePatientRequest>,
     ) -> Result<Response<pb::LocatePatientResponse>, Status> {
-        let caller = crate::auth::caller_of(&request)?;
+        let caller = super::interceptor::caller_of(&request)?;
         let nhs_number = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number")?;
         let summaries = self.registry.locate(&caller, nhs_number).await?;
         let reference = self.registry.reference();

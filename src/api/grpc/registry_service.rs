@@ -1,8 +1,8 @@
 //! `nrl.v1.PointerRegistry`: validate → convert → call the registry → convert back.
 
 use super::conversions as conv;
+use super::interceptor::caller_of;
 use super::status::code_of;
-use crate::auth::caller_of;
 use crate::domain::limits::MAX_BATCH;
 use crate::error::RegistryError;
 use crate::proto::nrl::v1 as pb;

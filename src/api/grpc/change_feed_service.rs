@@ -1,17 +1,15 @@
 //! `nrl.v1.ChangeFeed/WatchPointers`: the node's changes, oldest first, then live.
 
-use crate::api::conversions as conv;
-use crate::auth::{caller_of, policy, Role};
+use super::interceptor::caller_of;
 use crate::domain::RegionCode;
 use crate::error::RegistryError;
 use crate::proto::nrl::v1 as pb;
 use crate::proto::nrl::v1::change_feed_server::ChangeFeed as ChangeFeedApi;
-use crate::registry::ReferenceData;
-use crate::store::feed::{Change, ChangeBody, ChangeFeed, ChangeKind};
+use crate::registry::Registry;
+use crate::store::feed::{Change, ChangeBody, ChangeKind};
 use crate::store::StoreError;
 use std::collections::BTreeSet;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -21,13 +19,12 @@ const POLL: Duration = Duration::from_millis(100);
 const BATCH: usize = 500;
 
 pub struct ChangeFeedService {
-    feed: Arc<dyn ChangeFeed>,
-    reference: Arc<ReferenceData>,
+    registry: Registry,
 }
 
 impl ChangeFeedService {
-    pub fn new(feed: Arc<dyn ChangeFeed>, reference: Arc<ReferenceData>) -> Self {
-        Self { feed, reference }
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
     }
 }
 
@@ -54,7 +51,11 @@ impl ChangeFeedService {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                self.reference.regions.parse_code(r).map_err(|e| RegistryError::invalid(format!("regions[{i}]"), e))
+                self.registry
+                    .reference()
+                    .regions
+                    .parse_code(r)
+                    .map_err(|e| RegistryError::invalid(format!("regions[{i}]"), e))
             })
             .collect::<Result<_, _>>()?;
         Ok(parsed)
@@ -74,11 +75,10 @@ impl ChangeFeedApi for ChangeFeedService {
         request: Request<pb::SnapshotPointersRequest>,
     ) -> Result<Response<Self::SnapshotPointersStream>, Status> {
         let caller = caller_of(&request)?;
-        policy::require(&caller, &[Role::Peer], "reading a snapshot")?;
+        let feed = self.registry.snapshot_source(&caller)?;
         let regions = self.regions(&request.get_ref().regions)?;
-        let cursor = self.feed.latest_cursor().await.map_err(status)?;
-        let first = self.feed.snapshot_page(None, BATCH).await.map_err(status)?;
-        let feed = self.feed.clone();
+        let cursor = feed.latest_cursor().await.map_err(status)?;
+        let first = feed.snapshot_page(None, BATCH).await.map_err(status)?;
         let (sender, receiver) = tokio::sync::mpsc::channel(BATCH);
         let application = caller.application.clone();
         tokio::spawn(async move {
@@ -121,11 +121,11 @@ impl ChangeFeedApi for ChangeFeedService {
         request: Request<pb::WatchPointersRequest>,
     ) -> Result<Response<Self::WatchPointersStream>, Status> {
         let caller = caller_of(&request)?;
-        policy::require(&caller, &[Role::Peer], "following the change feed")?;
+        let feed = self.registry.change_feed(&caller)?;
         let req = request.into_inner();
         let mut after = match req.after.as_str() {
             "" => None,
-            cursor if self.feed.valid_feed_cursor(cursor) => Some(cursor.to_string()),
+            cursor if feed.valid_feed_cursor(cursor) => Some(cursor.to_string()),
             _ => return Err(RegistryError::invalid("after", "is not a cursor from this feed").into()),
         };
         let regions = self.regions(&req.regions)?;
@@ -134,7 +134,8 @@ impl ChangeFeedApi for ChangeFeedService {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                self.reference
+                self.registry
+                    .reference()
                     .pointer_types
                     .pointer_type(t)
                     .map(|t| t.coding.code.clone())
@@ -150,8 +151,7 @@ impl ChangeFeedApi for ChangeFeedService {
             ChangeBody::Restriction { .. } => true,
         };
         // The first read happens before the stream starts, so a stale cursor is a status.
-        let first = self.feed.changes_after(after.clone(), BATCH).await.map_err(status)?;
-        let feed = self.feed.clone();
+        let first = feed.changes_after(after.clone(), BATCH).await.map_err(status)?;
         let (sender, receiver) = tokio::sync::mpsc::channel(BATCH);
         tokio::spawn(async move {
             let mut batch = first;
@@ -199,27 +199,4 @@ impl ChangeFeedApi for ChangeFeedService {
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
     }
-}
-
-/// For callers that only have the proto form (the national follower).
-pub fn index_update(change: &pb::PointerChange, reference: &ReferenceData) -> Option<crate::store::index::IndexUpdate> {
-    use crate::store::index::{IndexEntry, IndexUpdate};
-    let p = change.pointer.as_ref()?;
-    let nhs_number = conv::nhs_number(&p.nhs_number, "pointer.nhs_number").ok()?;
-    let id = conv::pointer_id(&p.id, "pointer.id").ok()?;
-    let deleted = change.kind == pb::ChangeKind::Deleted as i32;
-    let current = p.status == pb::PointerStatus::Current as i32 && !deleted;
-    let entry = if current {
-        let region = reference.regions.parse_code(&p.region).ok()?;
-        let code = p.r#type.as_ref()?.code.clone();
-        let pointer_type = match reference.pointer_types.pointer_type(&code) {
-            Ok(t) => t.coding.clone(),
-            Err(_) => crate::domain::Coding { display: code.clone(), code },
-        };
-        let updated_at = conv::timestamp(p.updated_at.as_ref()?, "pointer.updated_at").ok()?;
-        Some(IndexEntry { id, region, pointer_type, updated_at, generation: 0 })
-    } else {
-        None
-    };
-    Some(IndexUpdate { nhs_number, id, current: entry })
 }

@@ -1,7 +1,7 @@
 //! `nrl.v1.PatientAdmin` and `nrl.v1.AuditLog`: patient restriction, access logs, the audit export.
 
 use super::conversions as conv;
-use crate::auth::caller_of;
+use super::interceptor::caller_of;
 use crate::error::RegistryError;
 use crate::proto::nrl::v1 as pb;
 use crate::proto::nrl::v1::audit_log_server::AuditLog;

@@ -1,0 +1,143 @@
+//! The outbound side of the gRPC edge: this node calling other registry nodes.
+//!
+//! - [`GrpcRegionalFeed`]: the national node's follower reading a regional node's change feed and
+//!   snapshots (`nrl.v1.ChangeFeed`) with the peer token, as `federation::follower::RegionalFeed`.
+//! - [`search_region`]: one region's part of a federated search (`nrl.v1.PointerRegistry`), with
+//!   the caller's own credentials, within the caller's budget.
+//!
+//! Peers' statuses become registry errors in `status::error_of`, so `federation` sees domain errors.
+
+use super::conversions as conv;
+use super::status::error_of;
+use crate::auth::PURPOSE_HEADER;
+use crate::domain::RegionCode;
+use crate::error::RegistryError;
+use crate::federation::fanout::MARGIN;
+use crate::federation::follower::{FeedItem, FollowedChange, RegionalFeed};
+use crate::federation::peers::Peers;
+use crate::proto::nrl::v1 as pb;
+use crate::proto::nrl::v1::change_feed_client::ChangeFeedClient;
+use crate::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
+use crate::registry::ReferenceData;
+use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::Channel;
+use tonic::Request;
+
+/// A regional node's change feed over gRPC.
+pub struct GrpcRegionalFeed {
+    peers: Arc<Peers>,
+    /// The bearer token this node presents as a peer (none when the regional node has no auth).
+    token: Option<String>,
+    reference: Arc<ReferenceData>,
+}
+
+impl GrpcRegionalFeed {
+    pub fn new(peers: Arc<Peers>, token: Option<String>, reference: Arc<ReferenceData>) -> Self {
+        Self { peers, token, reference }
+    }
+
+    /// A request with the peer token and the purpose the regional node expects.
+    fn request<T>(&self, message: T) -> Result<Request<T>, RegistryError> {
+        let mut request = Request::new(message);
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| RegistryError::Unavailable("the peer token is not valid header text".into()))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        request.metadata_mut().insert(PURPOSE_HEADER, MetadataValue::from_static("administration"));
+        Ok(request)
+    }
+
+    fn client(&self, url: &str) -> Result<ChangeFeedClient<Channel>, RegistryError> {
+        Ok(ChangeFeedClient::new(self.peers.channel(url).map_err(RegistryError::Unavailable)?))
+    }
+}
+
+#[async_trait]
+impl RegionalFeed for GrpcRegionalFeed {
+    async fn watch(
+        &self,
+        url: &str,
+        region: &RegionCode,
+        after: String,
+    ) -> Result<BoxStream<'static, Result<FollowedChange, RegistryError>>, RegistryError> {
+        let request =
+            self.request(pb::WatchPointersRequest { after, regions: vec![region.to_string()], types: vec![] })?;
+        let stream = self.client(url)?.watch_pointers(request).await.map_err(|s| error_of(&s))?.into_inner();
+        let reference = self.reference.clone();
+        Ok(stream
+            .map(move |change| {
+                let change = change.map_err(|s| error_of(&s))?;
+                let item = conv::feed_item(&change, &reference);
+                Ok(FollowedChange { cursor: change.cursor, item })
+            })
+            .boxed())
+    }
+
+    async fn snapshot(
+        &self,
+        url: &str,
+        region: &RegionCode,
+    ) -> Result<(String, BoxStream<'static, Result<FeedItem, RegistryError>>), RegistryError> {
+        let request = self.request(pb::SnapshotPointersRequest { regions: vec![region.to_string()] })?;
+        let mut stream = self.client(url)?.snapshot_pointers(request).await.map_err(|s| error_of(&s))?.into_inner();
+        let cursor = match stream.message().await.map_err(|s| error_of(&s))? {
+            Some(pb::SnapshotItem { item: Some(pb::snapshot_item::Item::Cursor(cursor)) }) => cursor,
+            other => {
+                return Err(RegistryError::Internal(format!("a snapshot must start with its cursor, got {other:?}")));
+            }
+        };
+        let reference = self.reference.clone();
+        let items = stream.map(move |item| Ok(conv::snapshot_item(item.map_err(|s| error_of(&s))?, &reference)));
+        Ok((cursor, items.boxed()))
+    }
+}
+
+/// Asks the node at `url` for `region`'s part of a federated search, page by page, with the
+/// caller's forwarded metadata, until `deadline` (less a margin for merging and answering).
+pub async fn search_region(
+    peers: &Peers,
+    url: &str,
+    region: &RegionCode,
+    query: &pb::PointerQuery,
+    forwarded: &MetadataMap,
+    deadline: Instant,
+) -> Result<Vec<pb::Pointer>, RegistryError> {
+    let channel = peers.channel(url).map_err(RegistryError::Unavailable)?;
+    let mut client = PointerRegistryClient::new(channel);
+    let mut pointers = Vec::new();
+    let mut token = String::new();
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now()).saturating_sub(MARGIN);
+        if remaining.is_zero() {
+            return Err(RegistryError::DeadlineExceeded("no time left in the caller's budget".into()));
+        }
+        let mut query = query.clone();
+        query.regions = vec![region.to_string()];
+        let mut request =
+            Request::new(pb::SearchPointersRequest { query: Some(query), page_size: 500, page_token: token });
+        *request.metadata_mut() = forwarded.clone();
+        request.set_timeout(remaining);
+        let call_deadline = Instant::now() + remaining;
+        let page = match tokio::time::timeout(remaining, client.search_pointers(request)).await {
+            Ok(Ok(page)) => page.into_inner(),
+            // tonic's own client timeout may fire first ("Timeout expired"): any failure at the
+            // call's deadline is a timeout, whatever code it came with.
+            Ok(Err(status)) if Instant::now() + MARGIN >= call_deadline => {
+                return Err(RegistryError::DeadlineExceeded(status.message().to_string()))
+            }
+            Ok(Err(status)) => return Err(error_of(&status)),
+            Err(_) => return Err(RegistryError::DeadlineExceeded(format!("no answer within {remaining:?}"))),
+        };
+        pointers.extend(page.pointers);
+        if page.next_page_token.is_empty() {
+            return Ok(pointers);
+        }
+        token = page.next_page_token;
+    }
+}

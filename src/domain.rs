@@ -1,5 +1,6 @@
 //! The registry's vocabulary and rules: NHS numbers, ODS codes, regions, pointer types, pointers,
-//! queries. Pure: no I/O, no protobuf, no storage. Values can only be built valid.
+//! queries, and the pure rules of the write operations (`rules`). No I/O, no protobuf, no storage.
+//! Values can only be built valid.
 
 pub mod limits;
 pub mod locate;
@@ -9,7 +10,9 @@ mod pointer;
 mod pointer_id;
 mod pointer_type;
 pub mod query;
+mod reference;
 mod region;
+pub mod rules;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -22,4 +25,7 @@ pub use pointer::{
 };
 pub use pointer_id::{PointerId, PointerIdCodec};
 pub use pointer_type::{CatalogueError, Coding, PointerType, PointerTypeCatalogue, PointerTypeError};
-pub use region::{DirectoryError, Endpoint, Region, RegionCode, RegionDirectory, RegionError, RegionKind};
+pub use reference::ReferenceData;
+pub use region::{
+    DirectoryError, Endpoint, Region, RegionCode, RegionDirectory, RegionError, RegionKind, LOCATOR_ENDPOINT,
+};

@@ -1,8 +1,6 @@
 //! The one error type the registry's operations (and authentication) return. Each inbound edge maps
 //! it in one exhaustive match (`api::grpc::status` for gRPC), so a new variant forces a decision.
 
-use crate::store::StoreError;
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
     /// A field of the request is malformed; `field` is its path, e.g. `pointer.content[0].url`.
@@ -75,21 +73,6 @@ impl RegistryError {
         match self {
             Self::InvalidArgument { field, .. } | Self::FailedPrecondition { field, .. } => Some(field),
             _ => None,
-        }
-    }
-}
-
-impl From<StoreError> for RegistryError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            // Callers that can retry a failed condition handle it before it gets here.
-            StoreError::ConditionFailed => {
-                Self::Aborted("the pointer changed concurrently; read it again and retry".into())
-            }
-            StoreError::Unavailable(reason) => Self::Unavailable(reason),
-            StoreError::Corrupt(reason) => Self::Internal(reason),
-            StoreError::OutOfRange(reason) => Self::OutOfRange(reason),
-            StoreError::Unsupported(reason) => Self::precondition("store", reason),
         }
     }
 }

@@ -181,3 +181,19 @@ pub trait PointerStore: Send + Sync + 'static {
     /// A short name for logs and metrics ("memory", "redis", "redis-cluster").
     fn backend(&self) -> &'static str;
 }
+
+/// What a storage failure means to the registry's callers.
+impl From<StoreError> for crate::error::RegistryError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            // Callers that can retry a failed condition handle it before it gets here.
+            StoreError::ConditionFailed => {
+                Self::Aborted("the pointer changed concurrently; read it again and retry".into())
+            }
+            StoreError::Unavailable(reason) => Self::Unavailable(reason),
+            StoreError::Corrupt(reason) => Self::Internal(reason),
+            StoreError::OutOfRange(reason) => Self::OutOfRange(reason),
+            StoreError::Unsupported(reason) => Self::precondition("store", reason),
+        }
+    }
+}

@@ -28,11 +28,12 @@ use chrono::{TimeZone, Utc};
 use nrl_registry::auth::Caller;
 use nrl_registry::clock::SystemClock;
 use nrl_registry::domain::query::{PageRequest, PointerQuery};
+use nrl_registry::domain::ReferenceData;
 use nrl_registry::domain::{
     Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, PointerDraft, ProducerReference,
     RetrievalMechanism, Stability,
 };
-use nrl_registry::registry::{ReferenceData, Registry};
+use nrl_registry::registry::Registry;
 use nrl_registry::store::memory::MemoryStore;
 use nrl_registry::store::redis::{RedisConfig, RedisStore};
 use nrl_registry::store::PointerStore;

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// The region-directory endpoint purpose that names a region's registry node.
+pub const LOCATOR_ENDPOINT: &str = "record-locator";
+
 /// A region code as found in the directory: 2 to 12 upper-case letters or digits.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 #[serde(transparent)]

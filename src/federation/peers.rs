@@ -1,8 +1,8 @@
 //! Which registry node holds which region, from the region directory's `record-locator`
 //! endpoints, and a lazily connected channel to each.
 
+use crate::domain::LOCATOR_ENDPOINT;
 use crate::domain::{RegionCode, RegionDirectory};
-use crate::registry::LOCATOR_ENDPOINT;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;

@@ -8,6 +8,7 @@ use crate::domain::limits::{
 };
 use crate::domain::locate::RegionSummary;
 use crate::domain::query::{decode_page_token, PageRequest, PointerQuery};
+use crate::domain::ReferenceData;
 use crate::domain::{
     Coding, Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, Pointer, PointerDraft, PointerId,
     PointerStatus, PointerType, ProducerReference, Region, RegionKind, RetrievalMechanism, Stability,
@@ -15,7 +16,6 @@ use crate::domain::{
 use crate::error::RegistryError;
 use crate::federation::follower::FeedItem;
 use crate::proto::nrl::v1 as pb;
-use crate::registry::ReferenceData;
 use crate::store::index::{IndexEntry, IndexUpdate};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeSet;

@@ -10,6 +10,7 @@
 use super::conversions as conv;
 use super::status::error_of;
 use crate::auth::PURPOSE_HEADER;
+use crate::domain::ReferenceData;
 use crate::domain::RegionCode;
 use crate::error::RegistryError;
 use crate::federation::fanout::MARGIN;
@@ -18,7 +19,6 @@ use crate::federation::peers::Peers;
 use crate::proto::nrl::v1 as pb;
 use crate::proto::nrl::v1::change_feed_client::ChangeFeedClient;
 use crate::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
-use crate::registry::ReferenceData;
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use std::sync::Arc;

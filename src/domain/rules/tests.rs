@@ -12,7 +12,7 @@ fn an_update_must_name_the_stored_version_of_a_current_pointer() {
     assert_eq!(refusal.field(), Some("id"));
 }
 
-type Change = Box<dyn Fn(&mut PointerDraft)>;
+type Change<'a> = Box<dyn Fn(&mut PointerDraft) + 'a>;
 
 #[test]
 fn every_immutable_field_is_refused_by_its_own_name() {

@@ -7,7 +7,7 @@
 //! label, so neither can an NHS number.
 //!
 //! - [`rpc`]: the tower layer that counts and times every call.
-//! - `crate::store::metered` times every store call with these series.
+//! - The store's metering decorator (`store/metered.rs`) times every store call with these series.
 
 pub mod rpc;
 

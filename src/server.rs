@@ -2,24 +2,13 @@
 //! and graceful shutdown.
 
 use crate::admin::AdminServer;
-use crate::api::grpc::interceptor::interceptor;
+use crate::api;
 use crate::api::grpc::peer_client::GrpcRegionalFeed;
-use crate::api::grpc::{
-    AuditLogService, ChangeFeedService, FederatedLocatorService, PatientAdminService, PointerRegistryService,
-    RecordLocatorService,
-};
 use crate::clock::SystemClock;
 use crate::config::{ServerConfig, StoreConfig};
-use crate::domain::limits::MAX_MESSAGE_BYTES;
 use crate::domain::PointerTypeCatalogue;
 use crate::federation::follower;
 use crate::federation::peers::Peers;
-use crate::proto::nrl::v1::audit_log_server::AuditLogServer;
-use crate::proto::nrl::v1::change_feed_server::ChangeFeedServer;
-use crate::proto::nrl::v1::federated_locator_server::FederatedLocatorServer;
-use crate::proto::nrl::v1::patient_admin_server::PatientAdminServer;
-use crate::proto::nrl::v1::pointer_registry_server::PointerRegistryServer;
-use crate::proto::nrl::v1::record_locator_server::RecordLocatorServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::registry::Registry;
 use crate::store::memory::MemoryStore;
@@ -29,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
@@ -112,29 +101,6 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    // Every service with patient data sits behind authentication; health and reflection do not
-    // (probes and tooling need them, and they reveal nothing about patients).
-    let authenticate = interceptor(config.auth.authenticator.clone());
-    let registry_service = InterceptedService::new(
-        PointerRegistryServer::new(PointerRegistryService::new(registry.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        authenticate.clone(),
-    );
-    let locator_service = InterceptedService::new(
-        RecordLocatorServer::new(RecordLocatorService::new(registry.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        authenticate.clone(),
-    );
-    let admin_service = InterceptedService::new(
-        PatientAdminServer::new(PatientAdminService::new(registry.clone())),
-        authenticate.clone(),
-    );
-    let audit_service =
-        InterceptedService::new(AuditLogServer::new(AuditLogService::new(registry.clone())), authenticate.clone());
-    let feed_service =
-        InterceptedService::new(ChangeFeedServer::new(ChangeFeedService::new(registry.clone())), authenticate.clone());
     // A national node in federated mode fans out to, and follows, the regional nodes named in the
     // region directory; any other node answers federated searches from its own store.
     let peers = Arc::new(if config.node.national_index {
@@ -149,10 +115,8 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let federated_service = InterceptedService::new(
-        FederatedLocatorServer::new(FederatedLocatorService::new(registry, peers)),
-        authenticate,
-    );
+    let routes = Routes::new(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+    let routes = api::grpc::add_services(routes, &registry, peers, config.auth.authenticator.clone());
 
     let local = listener.local_addr().ok();
     tracing::info!(listen = ?local, store = backend, "nrl-registry serving");
@@ -168,15 +132,7 @@ pub async fn run(
         .layer(admin.rpc_layer(config.request_timeout))
         .timeout(config.request_timeout)
         .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(registry_service)
-        .add_service(locator_service)
-        .add_service(admin_service)
-        .add_service(audit_service)
-        .add_service(feed_service)
-        .add_service(federated_service)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = drain_rx.await;
         });

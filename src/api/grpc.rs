@@ -22,3 +22,53 @@ pub use change_feed_service::ChangeFeedService;
 pub use federated_locator_service::FederatedLocatorService;
 pub use locator_service::RecordLocatorService;
 pub use registry_service::PointerRegistryService;
+
+use crate::auth::Authenticator;
+use crate::domain::limits::MAX_MESSAGE_BYTES;
+use crate::federation::peers::Peers;
+use crate::proto::nrl::v1::audit_log_server::AuditLogServer;
+use crate::proto::nrl::v1::change_feed_server::ChangeFeedServer;
+use crate::proto::nrl::v1::federated_locator_server::FederatedLocatorServer;
+use crate::proto::nrl::v1::patient_admin_server::PatientAdminServer;
+use crate::proto::nrl::v1::pointer_registry_server::PointerRegistryServer;
+use crate::proto::nrl::v1::record_locator_server::RecordLocatorServer;
+use crate::registry::Registry;
+use std::sync::Arc;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Routes;
+
+/// Adds every `nrl.v1` service to `routes`, each behind authentication (health and reflection,
+/// which reveal nothing about patients, are the server's and stay open for probes and tooling).
+/// `peers` are the regional nodes a national node fans out to (none on any other node).
+pub fn add_services(routes: Routes, registry: &Registry, peers: Arc<Peers>, authenticator: Authenticator) -> Routes {
+    let authenticate = interceptor::interceptor(authenticator);
+    routes
+        .add_service(InterceptedService::new(
+            PointerRegistryServer::new(PointerRegistryService::new(registry.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            RecordLocatorServer::new(RecordLocatorService::new(registry.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            PatientAdminServer::new(PatientAdminService::new(registry.clone())),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            AuditLogServer::new(AuditLogService::new(registry.clone())),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ChangeFeedServer::new(ChangeFeedService::new(registry.clone())),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            FederatedLocatorServer::new(FederatedLocatorService::new(registry.clone(), peers)),
+            authenticate,
+        ))
+}

@@ -1,7 +1,4 @@
 use super::*;
-use crate::store::memory::MemoryStore;
-use crate::store::metered::Metered;
-use crate::store::PointerStore;
 
 #[test]
 fn method_labels_are_the_served_paths_and_nothing_else() {
@@ -52,20 +49,4 @@ fn calls_are_counted_by_method_and_code() {
     assert!(text.contains(&format!("{} 1", bucket("0.0025"))), "2 ms falls in the 2.5 ms bucket: {text}");
     assert!(text.contains(&format!(r#"nrl_build_info{{version="{}""#, env!("CARGO_PKG_VERSION"))), "{text}");
     assert!(text.ends_with("# EOF\n"));
-}
-
-#[tokio::test]
-async fn the_metered_store_counts_outcomes_and_tracks_store_health() {
-    let metrics = Arc::new(Metrics::new("memory"));
-    let store: Metered<dyn PointerStore> = Metered::new(Arc::new(MemoryStore::new()), metrics.clone());
-    assert!(!metrics.store_up(), "not up before the first ping");
-    store.ping().await.expect("memory store answers");
-    assert!(metrics.store_up());
-    let id = store.ids().generate(crate::domain::NhsNumber::parse("9434765919").expect("valid"));
-    assert_eq!(store.get(id).await, Ok(None));
-    let text = metrics.render().expect("render");
-    assert!(text.contains(r#"nrl_store_up{backend="memory"} 1"#), "{text}");
-    assert!(text.contains(r#"nrl_store_operations_total{operation="get",outcome="ok"} 1"#), "{text}");
-    assert!(text.contains(r#"nrl_store_operations_total{operation="ping",outcome="ok"} 1"#), "{text}");
-    assert!(!text.contains("9434765919"));
 }

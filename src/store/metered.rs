@@ -198,3 +198,25 @@ impl RegionIndex for Metered<dyn RegionIndex> {
         timed(&self.metrics, "index_sweep_region", self.inner.sweep_region(region, generation)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn the_metered_store_counts_outcomes_and_tracks_store_health() {
+        let metrics = Arc::new(Metrics::new("memory"));
+        let store: Metered<dyn PointerStore> = Metered::new(Arc::new(MemoryStore::new()), metrics.clone());
+        assert!(!metrics.store_up(), "not up before the first ping");
+        store.ping().await.expect("memory store answers");
+        assert!(metrics.store_up());
+        let id = store.ids().generate(crate::domain::NhsNumber::parse("9434765919").expect("valid"));
+        assert_eq!(store.get(id).await, Ok(None));
+        let text = metrics.render().expect("render");
+        assert!(text.contains(r#"nrl_store_up{backend="memory"} 1"#), "{text}");
+        assert!(text.contains(r#"nrl_store_operations_total{operation="get",outcome="ok"} 1"#), "{text}");
+        assert!(text.contains(r#"nrl_store_operations_total{operation="ping",outcome="ok"} 1"#), "{text}");
+        assert!(!text.contains("9434765919"));
+    }
+}

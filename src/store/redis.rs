@@ -14,10 +14,12 @@ mod encoding;
 mod keys;
 mod pointers;
 mod scripts;
+mod stream;
 
 pub use config::{redact, RedisConfig};
 
 use connection::{check_settings, connect, load_id_key, Connection};
+use stream::stream_position;
 
 use super::audit::{AuditEvent, AuditStore, EventPage};
 use super::feed::{self, Change, ChangeFeed, SnapshotPage};
@@ -192,23 +194,7 @@ impl AuditStore for RedisStore {
     }
 
     async fn events_after(&self, after: Option<String>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        if let Some(cursor) = &after {
-            self.check_kept(keys::AUDIT_EXPORT, cursor).await?;
-        }
-        let mut connection = self.connection.clone();
-        let start = after.map(|c| format!("({c}")).unwrap_or_else(|| "-".into());
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = self
-            .bounded(
-                redis::cmd("XRANGE")
-                    .arg(keys::AUDIT_EXPORT)
-                    .arg(start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit)
-                    .query_async(&mut connection),
-            )
-            .await?;
-        entries.into_iter().map(stream_event).collect()
+        self.stream_page(&stream::AUDIT_EXPORT, after.as_deref(), limit, encoding::decode_event).await
     }
 
     /// A position in the patient's list: digits that fit the i64 the page script is given.
@@ -221,77 +207,19 @@ impl AuditStore for RedisStore {
     }
 }
 
-impl RedisStore {
-    /// Fails with `OutOfRange` when `cursor` points before the oldest entry `stream` still keeps.
-    ///
-    /// Trimmed history shows as entries-added > length, with the cursor older than the first entry
-    /// kept. (Redis 7.0 leaves max-deleted-entry-id at 0-0 when MAXLEN trims, so it cannot be
-    /// used.) A cursor equal to the last trimmed entry is reported too: the reader then re-reads
-    /// what is kept, which is harmless.
-    async fn check_kept(&self, stream: &str, cursor: &str) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        let info: HashMap<String, redis::Value> =
-            match self.bounded(redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(&mut connection)).await {
-                Ok(info) => info,
-                // No stream yet: nothing was ever written, so nothing was trimmed.
-                Err(StoreError::Unavailable(e)) if e.contains("no such key") => HashMap::new(),
-                Err(e) => return Err(e),
-            };
-        let number = |name: &str| info.get(name).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
-        let first_kept = info
-            .get("recorded-first-entry-id")
-            .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
-            .and_then(|id| stream_position(&id));
-        let trimmed = matches!((number("entries-added"), number("length")), (Some(added), Some(kept)) if added > kept);
-        match (trimmed, first_kept, stream_position(cursor)) {
-            (true, Some(first_kept), Some(position)) if position < first_kept => Err(StoreError::OutOfRange(format!(
-                "cursor {cursor} is older than the oldest entry kept; the retention has passed it"
-            ))),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// Stream ids as (ms, seq) for comparison.
-fn stream_position(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
 #[async_trait]
 impl ChangeFeed for RedisStore {
     async fn changes_after(&self, after: Option<String>, limit: usize) -> Result<Vec<Change>, StoreError> {
         self.feed_supported()?;
-        if let Some(cursor) = &after {
-            self.check_kept(keys::FEED, cursor).await.map_err(|e| match e {
-                StoreError::OutOfRange(_) => feed::cursor_out_of_range(cursor),
-                other => other,
-            })?;
-        }
-        let mut connection = self.connection.clone();
-        let start = after.map(|c| format!("({c}")).unwrap_or_else(|| "-".into());
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = self
-            .bounded(
-                redis::cmd("XRANGE")
-                    .arg(keys::FEED)
-                    .arg(start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit)
-                    .query_async(&mut connection),
-            )
-            .await?;
-        entries
-            .into_iter()
-            .map(|(id, fields)| {
-                let bytes = fields
-                    .into_iter()
-                    .find(|(name, _)| name == "e")
-                    .map(|(_, v)| v)
-                    .ok_or_else(|| StoreError::Corrupt(format!("feed entry {id} has no change")))?;
-                encoding::decode_change(id, &bytes, &self.catalogue)
+        let after = after.as_deref();
+        self.stream_page(&stream::FEED, after, limit, |id, bytes| encoding::decode_change(id, bytes, &self.catalogue))
+            .await
+            .map_err(|e| match (e, after) {
+                // Only a cursor the retention has passed is out of range; the feed's own error
+                // tells the follower to resynchronise.
+                (StoreError::OutOfRange(_), Some(cursor)) => feed::cursor_out_of_range(cursor),
+                (other, _) => other,
             })
-            .collect()
     }
 
     fn valid_feed_cursor(&self, cursor: &str) -> bool {
@@ -574,13 +502,4 @@ impl RegionIndex for RedisStore {
         .await?;
         Ok(removed.into_inner())
     }
-}
-
-fn stream_event((id, fields): (String, Vec<(String, Vec<u8>)>)) -> Result<AuditEvent, StoreError> {
-    let bytes = fields
-        .into_iter()
-        .find(|(name, _)| name == "e")
-        .map(|(_, value)| value)
-        .ok_or_else(|| StoreError::Corrupt(format!("audit entry {id} has no event")))?;
-    encoding::decode_event(id, &bytes)
 }

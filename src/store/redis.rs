@@ -7,6 +7,13 @@
 //!
 //! Outage behaviour: every call is bounded by `timeout` and fails with `Unavailable` rather than
 //! hang; the connection (redis-rs ConnectionManager or cluster connection) reconnects by itself.
+//!
+//! Code map: this file holds `RedisStore`, its startup and the helpers every port uses (`bounded`,
+//! `decode`). `config` parses the URL; `connection` is the one handle over either topology (ASK
+//! redirects, the settings check, the shared id key). One module per port: `pointers`
+//! (`PointerStore`, WAIT for replicas), `audit` (`AuditStore`), `feed` (`ChangeFeed`), `index`
+//! (`RegionIndex`). Shared by the ports: `stream` (a stream page after a cursor, for the audit
+//! export and the feed) and `scan` (SCAN on every master, for snapshots and the index sweep).
 
 mod audit;
 mod config;

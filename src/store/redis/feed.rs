@@ -7,7 +7,6 @@ use super::{encoding, keys, RedisStore};
 use crate::store::feed::{self, Change, ChangeFeed, SnapshotPage};
 use crate::store::StoreError;
 use async_trait::async_trait;
-use std::collections::HashMap;
 
 #[async_trait]
 impl ChangeFeed for RedisStore {
@@ -30,14 +29,10 @@ impl ChangeFeed for RedisStore {
 
     async fn latest_cursor(&self) -> Result<String, StoreError> {
         self.feed_supported()?;
-        let mut connection = self.connection.clone();
-        let info: HashMap<String, redis::Value> =
-            match self.bounded(redis::cmd("XINFO").arg("STREAM").arg(keys::FEED).query_async(&mut connection)).await {
-                Ok(info) => info,
-                // No stream: no change yet. `0-0` is before every id Redis will generate.
-                Err(StoreError::Unavailable(e)) if e.contains("no such key") => return Ok("0-0".into()),
-                Err(e) => return Err(e),
-            };
+        let Some(info) = self.stream_info(keys::FEED).await? else {
+            // No stream: no change yet. `0-0` is before every id Redis will generate.
+            return Ok("0-0".into());
+        };
         info.get("last-generated-id")
             .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
             .ok_or_else(|| StoreError::Corrupt("the feed stream has no last-generated-id".into()))

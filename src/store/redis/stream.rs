@@ -1,5 +1,6 @@
 //! Reading a stream by cursor, shared by the audit export and the change feed: one XRANGE page
-//! reader, the check that the retention has not passed a cursor, and stream ids as positions.
+//! reader, the check that the retention has not passed a cursor (from XINFO STREAM, which the
+//! feed's latest cursor reads too), and stream ids as positions.
 
 use super::{keys, RedisStore};
 use crate::store::StoreError;
@@ -69,14 +70,8 @@ impl RedisStore {
     /// used.) A cursor equal to the last trimmed entry is reported too: the reader then re-reads
     /// what is kept, which is harmless.
     async fn check_kept(&self, stream: &str, cursor: &str) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        let info: HashMap<String, redis::Value> =
-            match self.bounded(redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(&mut connection)).await {
-                Ok(info) => info,
-                // No stream yet: nothing was ever written, so nothing was trimmed.
-                Err(StoreError::Unavailable(e)) if e.contains("no such key") => HashMap::new(),
-                Err(e) => return Err(e),
-            };
+        // No stream yet: nothing was ever written, so nothing was trimmed.
+        let info = self.stream_info(stream).await?.unwrap_or_default();
         let number = |name: &str| info.get(name).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
         let first_kept = info
             .get("recorded-first-entry-id")
@@ -88,6 +83,17 @@ impl RedisStore {
                 "cursor {cursor} is older than the oldest entry kept; the retention has passed it"
             ))),
             _ => Ok(()),
+        }
+    }
+
+    /// XINFO STREAM of `stream`, or `None` while it does not exist (nothing was ever appended).
+    pub(super) async fn stream_info(&self, stream: &str) -> Result<Option<HashMap<String, redis::Value>>, StoreError> {
+        let mut connection = self.connection.clone();
+        match self.bounded(redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(&mut connection)).await {
+            Ok(info) => Ok(Some(info)),
+            // Redis answers XINFO on a missing key with an error, which `bounded` makes Unavailable.
+            Err(StoreError::Unavailable(e)) if e.contains("no such key") => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }

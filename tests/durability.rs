@@ -1,5 +1,5 @@
 //! Fault tolerance of the Redis store, with real parts only: real redis-server processes (the
-//! `support::redis` harness), real gRPC over real sockets, and the real `nrl` binary where a
+//! `testkit::redis` harness), real gRPC over real sockets, and the real `nrl` binary where a
 //! registry process has to die.
 //!
 //! The guarantee under test: a write the registry acknowledged survives a crash of Redis (AOF with
@@ -12,9 +12,7 @@
 //! restart; they cannot tell `appendfsync always` from `everysec` or `no` (only losing the machine
 //! would). Without the AOF they fail.
 
-mod support;
-
-use support::writer::*;
+use testkit::writer::*;
 
 use nrl_registry::config::StoreConfig;
 use nrl_registry::proto::nrl::v1 as pb;
@@ -25,9 +23,9 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
-use support::fixtures::{input, new_patient, query, CRISIS_PLAN};
-use support::redis::{RedisOptions, RedisServer};
-use support::TestServer;
+use testkit::fixtures::{input, new_patient, query, CRISIS_PLAN};
+use testkit::redis::{RedisOptions, RedisServer};
+use testkit::TestServer;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -288,7 +286,7 @@ impl Drop for NrlProcess {
     }
 }
 
-use support::ports::free_port;
+use testkit::ports::free_port;
 
 async fn wait_serving(channel: &Channel, nrl: &mut NrlProcess, what: &str) -> Duration {
     let (_, took) = eventually(what, RECOVERY_LIMIT, || {

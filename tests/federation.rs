@@ -1,7 +1,7 @@
 //! Federation, end to end, with real processes only: a national `nrl serve --federation national`
-//! and regional `nrl serve --node-regions CODE` nodes on 127.0.0.1 (`support::nodes`), wired by a
+//! and regional `nrl serve --node-regions CODE` nodes on 127.0.0.1 (`testkit::nodes`), wired by a
 //! region directory whose regions carry `record-locator` endpoints, on the memory store or on real
-//! redis-servers (`support::redis`), with and without JWT authentication.
+//! redis-servers (`testkit::redis`), with and without JWT authentication.
 //!
 //! 1. LocatePatient on the national node follows the regions' writes (create, supersede, delete);
 //!    a write sent to the wrong node (regional or national) is refused naming the right one.
@@ -22,8 +22,6 @@
 //! Timing: every wait is bounded and says what it waited for; a failing test keeps the node logs
 //! (their directory is printed).
 
-mod support;
-
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::audit_log_client::AuditLogClient;
 use nrl_registry::proto::nrl::v1::change_feed_client::ChangeFeedClient;
@@ -38,10 +36,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::auth::{token, Authed, Credentials, AUDIENCE, ISSUER, SECRET};
-use support::fixtures::{assert_field_error, content, input, new_patient, query, CRISIS_PLAN, NEWS2, RESPECT_FORM};
-use support::nodes::{Federation, FederationPlan, NrlNode, TempDir, START_LIMIT};
-use support::redis::{RedisOptions, RedisServer};
+use testkit::auth::{token, Authed, Credentials, AUDIENCE, ISSUER, SECRET};
+use testkit::fixtures::{assert_field_error, content, input, new_patient, query, CRISIS_PLAN, NEWS2, RESPECT_FORM};
+use testkit::nodes::{Federation, FederationPlan, NrlNode, TempDir, START_LIMIT};
+use testkit::redis::{RedisOptions, RedisServer};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::codec::Streaming;
@@ -1450,7 +1448,7 @@ async fn feed_resumes_exactly_once(writer: Api, mut follower: Api, region: &str)
 async fn watch_pointers_resumes_from_the_last_cursor_exactly_once() {
     let dir = TempDir::new("nrl-feed");
     let args = ["--node-regions", A].map(String::from).to_vec();
-    let mut node = NrlNode::spawn("regional-memory", support::ports::free_port(), args, dir.path());
+    let mut node = NrlNode::spawn("regional-memory", testkit::ports::free_port(), args, dir.path());
     node.wait_serving(START_LIMIT).await;
     feed_resumes_exactly_once(Api::open(&node), Api::open(&node), A).await;
 }
@@ -1463,7 +1461,7 @@ async fn on_redis_with_authentication_the_feed_resumes_exactly_once_for_the_peer
     std::fs::write(&secret, SECRET).expect("write the secret");
     let mut args = ["--node-regions", A, "--store", &redis.url()].map(String::from).to_vec();
     args.extend(auth_args(&secret));
-    let mut node = NrlNode::spawn("regional-redis-auth", support::ports::free_port(), args, dir.path());
+    let mut node = NrlNode::spawn("regional-redis-auth", testkit::ports::free_port(), args, dir.path());
     node.wait_serving(START_LIMIT).await;
     let producer = Api::new(&node, Credentials::bearer(&token("qwo-shared-care", CUSTODIAN, &["producer"], None)));
     let peer = Api::new(&node, Credentials::bearer(&token("national-locator", "X26", &["peer"], None)));
@@ -1500,7 +1498,7 @@ async fn a_feed_cursor_older_than_the_retention_is_out_of_range() {
     let redis = start_redis().await;
     let dir = TempDir::new("nrl-feed-retention");
     let args = ["--node-regions", A, "--store", &redis.url(), "--feed-retention", "10"].map(String::from).to_vec();
-    let mut node = NrlNode::spawn("regional-retention", support::ports::free_port(), args, dir.path());
+    let mut node = NrlNode::spawn("regional-retention", testkit::ports::free_port(), args, dir.path());
     node.wait_serving(START_LIMIT).await;
     let mut api = Api::open(&node);
     let patient = new_patient();

@@ -3,8 +3,6 @@
 //! RS256 keys, mTLS client certificates, purpose of use, patient restriction, the loopback-only rule
 //! when authentication is off, and NHS numbers kept out of the logs of the real binary.
 
-mod support;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -18,9 +16,9 @@ use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::auth::*;
-use support::fixtures::*;
-use support::TestServer;
+use testkit::auth::*;
+use testkit::fixtures::*;
+use testkit::TestServer;
 use tonic::transport::ServerTlsConfig;
 use tonic::{Code, Response, Status};
 
@@ -1113,7 +1111,7 @@ fn without_authentication_the_server_listens_on_loopback_only() {
 // NHS numbers never reach the logs
 // ---------------------------------------------------------------------------------------------
 
-use support::ports::free_port;
+use testkit::ports::free_port;
 
 /// A request carrying the patient in the request-id headers too (the server must not adopt them).
 fn tagged<T>(message: T, patient: &str) -> tonic::Request<T> {

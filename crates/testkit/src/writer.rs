@@ -2,7 +2,7 @@
 //! creates and supersedes for a set of patients while something breaks, records every outcome, and
 //! then verifies that every acknowledged write is present and nothing is half-written.
 
-use super::fixtures::{input, query, CRISIS_PLAN};
+use crate::fixtures::{input, query, CRISIS_PLAN};
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
 use std::collections::{BTreeMap, HashMap};

@@ -7,8 +7,6 @@
 //! [`NrlNode::kill9`], on drop, and when the test process dies in any way, so no `nrl serve`
 //! outlives its test. A node can be killed and restarted on the same port with the same flags,
 //! and frozen (SIGSTOP) and thawed (SIGCONT) to play a slow node.
-//!
-//! This file depends on nothing else in `support`, so the benchmark can include it by path.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -46,12 +44,29 @@ exit "$status"
 "#;
 
 /// The `nrl` binary under test: `NRL_BIN` if set (e.g. a release build), else Cargo's build of it.
+///
+/// Cargo tells only the integration tests and benchmarks of nrl-registry where it built `nrl`
+/// (`CARGO_BIN_EXE_nrl`, at compile time, and at run time under recent Cargo); this crate is a
+/// library, so it reads the variable at run time and otherwise looks where Cargo puts it: beside
+/// the `deps/` directory the running test or benchmark binary is in.
 pub fn nrl_bin() -> PathBuf {
-    std::env::var_os("NRL_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nrl")))
+    if let Some(bin) = std::env::var_os("NRL_BIN").or_else(|| std::env::var_os("CARGO_BIN_EXE_nrl")) {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("the path of the running test binary");
+    let beside_deps = exe.parent().and_then(Path::parent).map(|profile_dir| profile_dir.join("nrl"));
+    match beside_deps {
+        Some(bin) if bin.is_file() => bin,
+        _ => panic!(
+            "no `nrl` binary beside {}: run the tests with `cargo test` (which builds it), or build it with \
+             `cargo build --bin nrl` and set NRL_BIN to its path",
+            exe.display()
+        ),
+    }
 }
 
 /// A port that was free a moment ago (the node binds it itself, later).
-use super::ports::free_ports;
+use crate::ports::free_ports;
 
 /// A temp dir, removed on drop unless the thread is panicking: then it is kept, and its path
 /// printed, so the node logs in it can be read.
@@ -82,7 +97,8 @@ impl Drop for TempDir {
 /// Writes the built-in region directory (`src/domain/data/regions.json`) to `path`, with a
 /// `record-locator` endpoint added to each region in `nodes` (region code → node url).
 pub fn write_regions_file(path: &Path, nodes: &[(&str, String)]) {
-    let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/domain/data/regions.json");
+    // This crate lives in crates/testkit of the nrl-registry workspace.
+    let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../src/domain/data/regions.json");
     let text = std::fs::read_to_string(&builtin).unwrap_or_else(|e| panic!("read {}: {e}", builtin.display()));
     let mut directory: serde_json::Value = serde_json::from_str(&text).expect("the built-in region directory is JSON");
     let regions = directory["regions"].as_array_mut().expect("the directory has a regions array");

@@ -1155,7 +1155,7 @@ fn parse_info(text: &str) -> BTreeMap<String, String> {
 /// `count` distinct ports that were free a moment ago. All probe listeners are held until every
 /// port is picked, so the ports differ; another process can still take one before redis binds
 /// it, which [`RedisServer::start_instance`] handles by retrying.
-use super::ports::free_ports;
+use crate::ports::free_ports;
 
 fn unique_temp_dir(label: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod fixtures;
 pub mod nodes;
 pub mod ports;
+pub mod process;
 pub mod redis;
 pub mod writer;
 

@@ -8,6 +8,7 @@
 //!
 //! The writer and the verification are the ones `durability.rs` uses (`testkit::writer`).
 
+use testkit::eventually;
 use testkit::writer::*;
 
 use nrl_registry::config::StoreConfig;

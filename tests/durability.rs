@@ -12,6 +12,7 @@
 //! restart; they cannot tell `appendfsync always` from `everysec` or `no` (only losing the machine
 //! would). Without the AOF they fail.
 
+use testkit::eventually;
 use testkit::writer::*;
 
 use nrl_registry::config::StoreConfig;
@@ -126,7 +127,7 @@ async fn killing_redis_loses_no_acknowledged_write_and_the_service_recovers_by_i
         assert!(!status.message().contains(probe_patient.as_str()), "NHS number in an error: {status:?}");
     }
     eventually("the writer to see the outage", HEALTH_LIMIT, || async {
-        match writer.failures_since(kill_started) {
+        match writer.failures_since(kill_started).len() {
             n if n >= 3 => Ok(()),
             n => Err(format!("{n} failures since the kill")),
         }
@@ -233,7 +234,7 @@ async fn killing_the_registry_process_loses_no_acknowledged_write() {
     first.kill9();
     let acked_at_kill = writer.acked();
     eventually("the writer to see the registry gone", HEALTH_LIMIT, || async {
-        match writer.failures_since(kill_started) {
+        match writer.failures_since(kill_started).len() {
             n if n >= 3 => Ok(()),
             n => Err(format!("{n} failures since the kill")),
         }

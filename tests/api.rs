@@ -4,11 +4,10 @@
 //! are held to one behaviour.
 
 mod scenarios;
-mod support;
 
 use nrl_registry::config::{ServerConfig, StoreConfig};
 use std::time::Duration;
-use support::TestServer;
+use testkit::TestServer;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -17,7 +16,7 @@ mod backends {
     use super::*;
     use nrl_registry::store::redis::RedisConfig;
     use std::sync::OnceLock;
-    use support::redis::{RedisCluster, RedisOptions, RedisServer};
+    use testkit::redis::{RedisCluster, RedisOptions, RedisServer};
 
     pub async fn memory() -> TestServer {
         TestServer::start(StoreConfig::Memory).await
@@ -179,7 +178,7 @@ async fn oversized_messages_are_refused() {
     let server = TestServer::start(StoreConfig::Memory).await;
     let mut client = server.registry();
     let mut huge =
-        support::fixtures::input(&support::fixtures::new_patient(), "QWO", "RR8", support::fixtures::CRISIS_PLAN);
+        testkit::fixtures::input(&testkit::fixtures::new_patient(), "QWO", "RR8", testkit::fixtures::CRISIS_PLAN);
     huge.producer_reference = "x".repeat(5 * 1024 * 1024);
     let err = client.create_pointer(pb::CreatePointerRequest { pointer: Some(huge) }).await.expect_err("too big");
     // tonic reports a message over the decoding limit as OUT_OF_RANGE, naming the limit.

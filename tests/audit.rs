@@ -3,16 +3,14 @@
 //! patient's pointers were shown; the access log newest first and paged; the export stream in
 //! order, resumable and following; and a failed audit write failing the read (Redis).
 
-mod support;
-
 use nrl_registry::config::StoreConfig;
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::batch_outcome::Result as BatchResult;
 use std::time::Duration;
-use support::auth::*;
-use support::fixtures::*;
-use support::redis::{RedisCluster, RedisOptions, RedisServer};
-use support::TestServer;
+use testkit::auth::*;
+use testkit::fixtures::*;
+use testkit::redis::{RedisCluster, RedisOptions, RedisServer};
+use testkit::TestServer;
 use tokio_stream::StreamExt;
 use tonic::Code;
 

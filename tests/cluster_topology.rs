@@ -1,17 +1,15 @@
 //! The Redis Cluster client under topology changes, with real parts only: a real cluster of
-//! redis-server processes (the `support::redis` harness) and real gRPC over real sockets.
+//! redis-server processes (the `testkit::redis` harness) and real gRPC over real sockets.
 //!
 //! The guarantee under test: when a patient's hash slot moves to another master (resharding) or
 //! its master is replaced by its replica (a coordinated manual failover), the registry follows by
 //! itself (MOVED/ASK redirects, slot map refresh), keeps serving reads and writes for that patient,
 //! and loses no acknowledged write.
 //!
-//! The writer and the verification are the same as in `durability.rs`; each integration test is
-//! its own crate, so until they move into `support/` they are repeated here.
+//! The writer and the verification are the ones `durability.rs` uses (`testkit::writer`).
 
-mod support;
-
-use support::writer::*;
+use testkit::eventually;
+use testkit::writer::*;
 
 use nrl_registry::config::StoreConfig;
 use nrl_registry::proto::nrl::v1 as pb;
@@ -19,9 +17,9 @@ use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient
 use nrl_registry::store::redis::RedisConfig;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::fixtures::{new_patient, query};
-use support::redis::{key_slot, RedisCluster};
-use support::TestServer;
+use testkit::fixtures::{new_patient, query};
+use testkit::redis::{key_slot, RedisCluster};
+use testkit::TestServer;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};

@@ -1,5 +1,5 @@
 //! Fault tolerance of the Redis store, with real parts only: real redis-server processes (the
-//! `support::redis` harness), real gRPC over real sockets, and the real `nrl` binary where a
+//! `testkit::redis` harness), real gRPC over real sockets, and the real `nrl` binary where a
 //! registry process has to die.
 //!
 //! The guarantee under test: a write the registry acknowledged survives a crash of Redis (AOF with
@@ -12,22 +12,20 @@
 //! restart; they cannot tell `appendfsync always` from `everysec` or `no` (only losing the machine
 //! would). Without the AOF they fail.
 
-mod support;
-
-use support::writer::*;
+use testkit::eventually;
+use testkit::writer::*;
 
 use nrl_registry::config::StoreConfig;
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
 use nrl_registry::proto::nrl::v1::record_locator_client::RecordLocatorClient;
 use nrl_registry::store::redis::RedisConfig;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
-use support::fixtures::{input, new_patient, query, CRISIS_PLAN};
-use support::redis::{RedisOptions, RedisServer};
-use support::TestServer;
+use testkit::fixtures::{input, new_patient, query, CRISIS_PLAN};
+use testkit::nodes::NrlNode;
+use testkit::process::TempDir;
+use testkit::redis::{RedisOptions, RedisServer};
+use testkit::TestServer;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -129,7 +127,7 @@ async fn killing_redis_loses_no_acknowledged_write_and_the_service_recovers_by_i
         assert!(!status.message().contains(probe_patient.as_str()), "NHS number in an error: {status:?}");
     }
     eventually("the writer to see the outage", HEALTH_LIMIT, || async {
-        match writer.failures_since(kill_started) {
+        match writer.failures_since(kill_started).len() {
             n if n >= 3 => Ok(()),
             n => Err(format!("{n} failures since the kill")),
         }
@@ -187,110 +185,21 @@ async fn killing_redis_loses_no_acknowledged_write_and_the_service_recovers_by_i
 // 2. The registry process dies
 // ---------------------------------------------------------------------------------------------
 
-/// Runs `nrl` under a watchdog `sh`, like the redis harness does: the watchdog SIGKILLs `nrl` as
-/// soon as the pipe on its stdin closes, which happens in [`NrlProcess::kill9`], on drop, and when
-/// the test process dies in any way, so no `nrl serve` outlives the test.
-const NRL_WATCHDOG: &str = r#"
-log="$1"; shift
-exec 3<&0
-"$@" </dev/null >>"$log" 2>&1 3<&- &
-pid=$!
-echo "$pid"
-( read -r _ <&3; kill -9 "$pid" ) >/dev/null 2>&1 &
-guard=$!
-exec 3<&-
-wait "$pid"
-status=$?
-kill "$guard" 2>/dev/null
-exit "$status"
-"#;
-
-struct NrlProcess {
-    watchdog: Child,
-    _stdout: ChildStdout,
-    pid: u32,
-    log: PathBuf,
+/// `nrl serve` on `port` over the Redis at `store_url`, logging to `LOGS/NAME.log`, under the
+/// harness's watchdog like every process the tests start.
+fn spawn_nrl(name: &str, port: u16, store_url: &str, logs: &TempDir) -> NrlNode {
+    let timeout = STORE_TIMEOUT.as_millis().to_string();
+    let args = ["--store", store_url, "--redis-timeout-ms", &timeout, "--redis-startup-wait-secs", "5"]
+        .into_iter()
+        .chain(["--shutdown-grace-secs", "1"])
+        .map(String::from)
+        .collect();
+    NrlNode::spawn(name, port, args, logs.path())
 }
 
-impl NrlProcess {
-    fn spawn(port: u16, store_url: &str, log: &Path) -> NrlProcess {
-        let mut command = Command::new("/bin/sh");
-        // Only the flags below configure it, whatever NRL_* the test runs under.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("NRL_") {
-                command.env_remove(name);
-            }
-        }
-        let mut watchdog = command
-            .arg("-c")
-            .arg(NRL_WATCHDOG)
-            .arg("nrl-watchdog")
-            .arg(log)
-            .arg(env!("CARGO_BIN_EXE_nrl"))
-            // No admin listener: its default port (9090) is shared by every process on the host.
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off", "--store", store_url])
-            .args(["--redis-timeout-ms", &STORE_TIMEOUT.as_millis().to_string(), "--redis-startup-wait-secs", "5"])
-            .args(["--shutdown-grace-secs", "1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the nrl watchdog");
-        let mut stdout = BufReader::new(watchdog.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        let read = stdout.read_line(&mut line);
-        let pid = line.trim().parse().unwrap_or_else(|_| {
-            let _ = watchdog.kill();
-            panic!("the nrl watchdog reported no pid ({read:?}, {line:?})")
-        });
-        NrlProcess { watchdog, _stdout: stdout.into_inner(), pid, log: log.to_path_buf() }
-    }
+use testkit::ports::free_port;
 
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    /// Panics with the log if `nrl` has exited.
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.watchdog.try_wait() {
-            panic!("nrl serve exited ({status}); log:\n{}", self.log_tail());
-        }
-    }
-
-    /// SIGKILL (via the watchdog) and wait until `nrl` and its watchdog are gone.
-    fn kill9(&mut self) {
-        drop(self.watchdog.stdin.take());
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.watchdog.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                other => {
-                    let _ = Command::new("kill").args(["-9", &self.pid.to_string()]).status();
-                    let _ = self.watchdog.kill();
-                    let _ = self.watchdog.wait();
-                    panic!("nrl pid {} did not die within 5 s of SIGKILL ({other:?})", self.pid);
-                }
-            }
-        }
-        assert!(!Path::new(&format!("/proc/{}", self.pid)).exists(), "nrl pid {} still exists", self.pid);
-    }
-}
-
-impl Drop for NrlProcess {
-    fn drop(&mut self) {
-        if self.watchdog.stdin.is_some() {
-            drop(self.watchdog.stdin.take());
-            let _ = self.watchdog.wait();
-        }
-    }
-}
-
-use support::ports::free_port;
-
-async fn wait_serving(channel: &Channel, nrl: &mut NrlProcess, what: &str) -> Duration {
+async fn wait_serving(channel: &Channel, nrl: &mut NrlNode, what: &str) -> Duration {
     let (_, took) = eventually(what, RECOVERY_LIMIT, || {
         nrl.assert_running();
         async {
@@ -307,9 +216,9 @@ async fn wait_serving(channel: &Channel, nrl: &mut NrlProcess, what: &str) -> Du
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_registry_process_loses_no_acknowledged_write() {
     let redis = start_redis(durable()).await;
-    let logs = tempdir("nrl-durability");
+    let logs = TempDir::new("nrl-durability");
     let port = free_port();
-    let mut first = NrlProcess::spawn(port, &redis.url(), &logs.0.join("first.log"));
+    let mut first = spawn_nrl("first", port, &redis.url(), &logs);
     // Lazy: it connects on first use and reconnects by itself after the server comes back.
     let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .expect("endpoint")
@@ -325,7 +234,7 @@ async fn killing_the_registry_process_loses_no_acknowledged_write() {
     first.kill9();
     let acked_at_kill = writer.acked();
     eventually("the writer to see the registry gone", HEALTH_LIMIT, || async {
-        match writer.failures_since(kill_started) {
+        match writer.failures_since(kill_started).len() {
             n if n >= 3 => Ok(()),
             n => Err(format!("{n} failures since the kill")),
         }
@@ -333,7 +242,7 @@ async fn killing_the_registry_process_loses_no_acknowledged_write() {
     .await;
     assert_eq!(writer.acked(), acked_at_kill, "writes were acknowledged while no registry was running");
 
-    let mut second = NrlProcess::spawn(port, &redis.url(), &logs.0.join("second.log"));
+    let mut second = spawn_nrl("second", port, &redis.url(), &logs);
     let serving_after = wait_serving(&channel, &mut second, "the second nrl to serve").await;
     let recovered_at = Instant::now();
     writer.wait_acked(acked_at_kill + 40, RECOVERY_LIMIT, "the writer's writes through the new registry").await;
@@ -365,21 +274,6 @@ async fn killing_the_registry_process_loses_no_acknowledged_write() {
     second.assert_running();
     drop(second);
     drop(redis);
-}
-
-/// A temp dir removed on drop.
-struct TempDir(PathBuf);
-
-fn tempdir(label: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!("{label}-{}-{:08x}", std::process::id(), rand::random::<u32>()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    TempDir(dir)
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! Federation, end to end, with real processes only: a national `nrl serve --federation national`
-//! and regional `nrl serve --node-regions CODE` nodes on 127.0.0.1 (`support::nodes`), wired by a
+//! and regional `nrl serve --node-regions CODE` nodes on 127.0.0.1 (`testkit::nodes`), wired by a
 //! region directory whose regions carry `record-locator` endpoints, on the memory store or on real
-//! redis-servers (`support::redis`), with and without JWT authentication.
+//! redis-servers (`testkit::redis`), with and without JWT authentication.
 //!
 //! 1. LocatePatient on the national node follows the regions' writes (create, supersede, delete);
 //!    a write sent to the wrong node (regional or national) is refused naming the right one.
@@ -22,8 +22,6 @@
 //! Timing: every wait is bounded and says what it waited for; a failing test keeps the node logs
 //! (their directory is printed).
 
-mod support;
-
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::audit_log_client::AuditLogClient;
 use nrl_registry::proto::nrl::v1::change_feed_client::ChangeFeedClient;
@@ -35,14 +33,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
-use support::auth::{token, Authed, Credentials, AUDIENCE, ISSUER, SECRET};
-use support::fixtures::{assert_field_error, content, input, new_patient, query, CRISIS_PLAN, NEWS2, RESPECT_FORM};
-use support::nodes::{Federation, FederationPlan, NrlNode, TempDir, START_LIMIT};
-use support::redis::{RedisOptions, RedisServer};
-use tokio::task::JoinHandle;
+use testkit::auth::{token, Authed, Credentials, AUDIENCE, ISSUER, SECRET};
+use testkit::eventually;
+use testkit::fixtures::{assert_field_error, content, input, new_patient, query, CRISIS_PLAN, NEWS2, RESPECT_FORM};
+use testkit::nodes::{Federation, FederationPlan, NrlNode, START_LIMIT};
+use testkit::process::TempDir;
+use testkit::redis::{RedisOptions, RedisServer};
+use testkit::writer::{Ack, Journal, Workload, Writer};
 use tokio::time::Instant;
 use tonic::codec::Streaming;
 use tonic::{Code, Response, Status};
@@ -107,22 +106,6 @@ async fn call<T>(call: impl Future<Output = Result<Response<T>, Status>>) -> Res
 /// One call that must succeed.
 async fn ok<T>(what: &str, future: impl Future<Output = Result<Response<T>, Status>>) -> T {
     call(future).await.unwrap_or_else(|s| panic!("{what}: {:?} {}", s.code(), s.message()))
-}
-
-/// Polls `attempt` until it succeeds; panics after `within` with the last error.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut attempt: F) -> (T, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    loop {
-        match attempt().await {
-            Ok(value) => return (value, started.elapsed()),
-            Err(last) if started.elapsed() >= within => panic!("{what}: not within {within:?}; last attempt: {last}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 /// Waits until the wall clock has moved past the current millisecond. Pointer ids are time-ordered
@@ -862,82 +845,47 @@ async fn a_killed_region_is_unavailable_and_the_answer_still_comes_promptly() {
 // 4. Restarts during writes: the national index converges
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Default)]
-struct WriterLog {
-    acked: usize,
-    ops: BTreeMap<&'static str, usize>,
-    /// (when it ended, code, message)
-    failures: Vec<(Instant, Code, String)>,
-}
+/// How long a writer may take to get the writes a test waits for acknowledged.
+const WRITES_WITHIN: Duration = Duration::from_secs(20);
 
-struct Writer {
-    log: Arc<Mutex<WriterLog>>,
-    stop: Arc<AtomicBool>,
-    task: JoinHandle<()>,
-}
-
-impl Writer {
-    /// Writes to one regional node until stopped: for a random patient, reads its current
-    /// pointers there, then creates, supersedes or deletes one.
-    fn spawn(api: Api, region: &'static str, patients: Vec<String>, seed: u64) -> Writer {
-        let log = Arc::new(Mutex::new(WriterLog::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(write_loop(api, region, patients, seed, log.clone(), stop.clone()));
-        Writer { log, stop, task }
-    }
-
-    fn read<T>(&self, look: impl FnOnce(&WriterLog) -> T) -> T {
-        look(&self.log.lock().expect("writer log"))
-    }
-
-    fn acked(&self) -> usize {
-        self.read(|l| l.acked)
-    }
-
-    fn failures_since(&self, since: Instant) -> Vec<String> {
-        self.read(|l| l.failures.iter().filter(|f| f.0 >= since).map(|f| format!("{:?} {}", f.1, f.2)).collect())
-    }
-
-    async fn wait_acked(&self, at_least: usize, what: &str) {
-        eventually(what, Duration::from_secs(20), || async {
-            self.read(|l| match l.acked {
-                n if n >= at_least => Ok(()),
-                n => Err(format!(
-                    "{n} of {at_least} acknowledged; last failures {:?}",
-                    l.failures.iter().rev().take(3).collect::<Vec<_>>()
-                )),
-            })
-        })
-        .await;
-    }
-
-    async fn stop(self) -> WriterLog {
-        self.stop.store(true, Ordering::Relaxed);
-        tokio::time::timeout(CALL_LIMIT * 3, self.task).await.expect("the writer stops").expect("the writer panicked");
-        Arc::try_unwrap(self.log).ok().expect("writer gone").into_inner().expect("writer log")
-    }
-}
-
-async fn write_loop(
-    mut api: Api,
+/// The writes of one region's writer: for a random patient, read its current pointers on the
+/// region's node, then create, supersede or delete one (`testkit::writer::Writer` runs it).
+struct RegionWrites {
+    api: Api,
     region: &'static str,
     patients: Vec<String>,
-    seed: u64,
-    log: Arc<Mutex<WriterLog>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let types = [CRISIS_PLAN, NEWS2, EHCP];
-    while !stop.load(Ordering::Relaxed) {
-        let patient = &patients[rng.random_range(0..patients.len())];
-        let result = match search_all(&mut api, query(patient)).await {
+    rng: StdRng,
+}
+
+impl RegionWrites {
+    fn spawn(api: Api, region: &'static str, patients: Vec<String>, seed: u64) -> Writer {
+        Writer::start(RegionWrites { api, region, patients, rng: StdRng::seed_from_u64(seed) })
+    }
+}
+
+/// The pointer an OK answer carries, or a failure if it carries none.
+fn answered(op: &'static str, pointer: Option<pb::Pointer>) -> Result<pb::Pointer, (&'static str, Status)> {
+    pointer.ok_or((op, Status::internal("test: an OK answer without a pointer")))
+}
+
+impl Workload for RegionWrites {
+    async fn write(&mut self, _n: usize, journal: &Mutex<Journal>) -> bool {
+        let types = [CRISIS_PLAN, NEWS2, EHCP];
+        let (api, rng, region) = (&mut self.api, &mut self.rng, self.region);
+        let patient = &self.patients[rng.random_range(0..self.patients.len())];
+        let started = Instant::now();
+        let result = match search_all(api, query(patient)).await {
             Err(status) => Err(("search", status)),
             Ok(current) => {
                 let roll: f64 = rng.random();
                 if current.is_empty() || roll < 0.45 {
                     let ty = types[rng.random_range(0..types.len())];
                     let request = pb::CreatePointerRequest { pointer: Some(input(patient, region, CUSTODIAN, ty)) };
-                    call(api.registry.create_pointer(request)).await.map(|_| "create").map_err(|s| ("create", s))
+                    call(api.registry.create_pointer(request))
+                        .await
+                        .map_err(|s| ("create", s))
+                        .and_then(|r| answered("create", r.pointer))
+                        .map(Ack::Created)
                 } else if roll < 0.75 {
                     let old = &current[rng.random_range(0..current.len())];
                     let mut replacement = input_of(old);
@@ -946,31 +894,29 @@ async fn write_loop(
                         pb::SupersedePointerRequest { pointer: Some(replacement), supersedes: vec![old.id.clone()] };
                     call(api.registry.supersede_pointer(request))
                         .await
-                        .map(|_| "supersede")
                         .map_err(|s| ("supersede", s))
+                        .and_then(|r| Ok(Ack::Superseded { new: answered("supersede", r.pointer)?, old: r.superseded }))
                 } else {
                     let old = &current[rng.random_range(0..current.len())];
                     let request = pb::DeletePointerRequest { id: old.id.clone(), version: 0 };
-                    call(api.registry.delete_pointer(request)).await.map(|_| "delete").map_err(|s| ("delete", s))
+                    call(api.registry.delete_pointer(request))
+                        .await
+                        .map_err(|s| ("delete", s))
+                        .and_then(|r| answered("delete", r.pointer))
+                        .map(Ack::Deleted)
                 }
             }
         };
-        let failed = {
-            let mut log = log.lock().expect("writer log");
-            match result {
-                Ok(op) => {
-                    log.acked += 1;
-                    *log.ops.entry(op).or_default() += 1;
-                    false
-                }
-                Err((op, status)) => {
-                    log.failures.push((Instant::now(), status.code(), format!("{op}: {}", status.message())));
-                    true
-                }
+        let mut journal = journal.lock().expect("journal lock");
+        match result {
+            Ok(ack) => {
+                journal.acked.push(ack);
+                true
             }
-        };
-        if failed {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err((op, status)) => {
+                journal.fail(op, String::new(), &status, started, started.elapsed());
+                false
+            }
         }
     }
 }
@@ -1004,17 +950,18 @@ async fn the_national_index_converges_after_national_and_regional_restarts_durin
     let national = Api::open(&federation.national);
     let patients: Vec<String> = (0..12).map(|_| new_patient()).collect();
     // Patients 0-3 only in A, 4-7 only in B, 8-11 in both.
-    let writer_a = Writer::spawn(Api::open(federation.node(A)), A, [&patients[0..4], &patients[8..12]].concat(), 1);
-    let writer_b = Writer::spawn(Api::open(federation.node(B)), B, patients[4..12].to_vec(), 2);
-    writer_a.wait_acked(30, "A's writes before the restarts").await;
-    writer_b.wait_acked(30, "B's writes before the restarts").await;
+    let writer_a =
+        RegionWrites::spawn(Api::open(federation.node(A)), A, [&patients[0..4], &patients[8..12]].concat(), 1);
+    let writer_b = RegionWrites::spawn(Api::open(federation.node(B)), B, patients[4..12].to_vec(), 2);
+    writer_a.wait_acked(30, WRITES_WITHIN, "A's writes before the restarts").await;
+    writer_b.wait_acked(30, WRITES_WITHIN, "B's writes before the restarts").await;
 
     // The national node dies; the regions keep taking writes.
     let national_down = Instant::now();
     federation.national.kill9();
     let (acked_a, acked_b) = (writer_a.acked(), writer_b.acked());
-    writer_a.wait_acked(acked_a + 30, "A's writes while the national node is down").await;
-    writer_b.wait_acked(acked_b + 30, "B's writes while the national node is down").await;
+    writer_a.wait_acked(acked_a + 30, WRITES_WITHIN, "A's writes while the national node is down").await;
+    writer_b.wait_acked(acked_b + 30, WRITES_WITHIN, "B's writes while the national node is down").await;
     let (failed_a, failed_b) = (writer_a.failures_since(national_down), writer_b.failures_since(national_down));
     assert!(
         failed_a.is_empty() && failed_b.is_empty(),
@@ -1030,7 +977,7 @@ async fn the_national_index_converges_after_national_and_regional_restarts_durin
     );
 
     // Then A's node dies mid-writes and comes back.
-    writer_a.wait_acked(writer_a.acked() + 20, "A's writes after the national restart").await;
+    writer_a.wait_acked(writer_a.acked() + 20, WRITES_WITHIN, "A's writes after the national restart").await;
     let a_down = Instant::now();
     federation.node_mut(A).kill9();
     let acked_b = writer_b.acked();
@@ -1041,25 +988,25 @@ async fn the_national_index_converges_after_national_and_regional_restarts_durin
         }
     })
     .await;
-    writer_b.wait_acked(acked_b + 20, "B's writes while A is down").await;
+    writer_b.wait_acked(acked_b + 20, WRITES_WITHIN, "B's writes while A is down").await;
     federation.node_mut(A).restart();
     federation.node_mut(A).wait_serving(START_LIMIT).await;
     let acked_a = writer_a.acked();
-    writer_a.wait_acked(acked_a + 30, "A's writes after A's restart").await;
+    writer_a.wait_acked(acked_a + 30, WRITES_WITHIN, "A's writes after A's restart").await;
     let (log_a, log_b) = (writer_a.stop().await, writer_b.stop().await);
     eprintln!(
         "writes: A {} acknowledged {:?}, {} failed; B {} acknowledged {:?}, {} failed",
-        log_a.acked,
-        log_a.ops,
+        log_a.acked.len(),
+        log_a.ops(),
         log_a.failures.len(),
-        log_b.acked,
-        log_b.ops,
+        log_b.acked.len(),
+        log_b.ops(),
         log_b.failures.len()
     );
     assert!(
         log_b.failures.is_empty(),
         "B's writes failed although B never went down: {:?}",
-        log_b.failures.iter().take(3).map(|f| (f.1, &f.2)).collect::<Vec<_>>()
+        log_b.failures.iter().take(3).map(|f| (f.code, &f.message)).collect::<Vec<_>>()
     );
 
     // After the restarts: a region's last pointer goes (it must leave the index), for a patient
@@ -1450,7 +1397,7 @@ async fn feed_resumes_exactly_once(writer: Api, mut follower: Api, region: &str)
 async fn watch_pointers_resumes_from_the_last_cursor_exactly_once() {
     let dir = TempDir::new("nrl-feed");
     let args = ["--node-regions", A].map(String::from).to_vec();
-    let mut node = NrlNode::spawn("regional-memory", support::ports::free_port(), args, dir.path());
+    let mut node = NrlNode::spawn("regional-memory", testkit::ports::free_port(), args, dir.path());
     node.wait_serving(START_LIMIT).await;
     feed_resumes_exactly_once(Api::open(&node), Api::open(&node), A).await;
 }
@@ -1463,7 +1410,7 @@ async fn on_redis_with_authentication_the_feed_resumes_exactly_once_for_the_peer
     std::fs::write(&secret, SECRET).expect("write the secret");
     let mut args = ["--node-regions", A, "--store", &redis.url()].map(String::from).to_vec();
     args.extend(auth_args(&secret));
-    let mut node = NrlNode::spawn("regional-redis-auth", support::ports::free_port(), args, dir.path());
+    let mut node = NrlNode::spawn("regional-redis-auth", testkit::ports::free_port(), args, dir.path());
     node.wait_serving(START_LIMIT).await;
     let producer = Api::new(&node, Credentials::bearer(&token("qwo-shared-care", CUSTODIAN, &["producer"], None)));
     let peer = Api::new(&node, Credentials::bearer(&token("national-locator", "X26", &["peer"], None)));
@@ -1500,7 +1447,7 @@ async fn a_feed_cursor_older_than_the_retention_is_out_of_range() {
     let redis = start_redis().await;
     let dir = TempDir::new("nrl-feed-retention");
     let args = ["--node-regions", A, "--store", &redis.url(), "--feed-retention", "10"].map(String::from).to_vec();
-    let mut node = NrlNode::spawn("regional-retention", support::ports::free_port(), args, dir.path());
+    let mut node = NrlNode::spawn("regional-retention", testkit::ports::free_port(), args, dir.path());
     node.wait_serving(START_LIMIT).await;
     let mut api = Api::open(&node);
     let patient = new_patient();

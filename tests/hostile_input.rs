@@ -10,8 +10,6 @@
 //! - Over the wire: raw gRPC frames of random bytes, and broken framing, to every method of a real
 //!   server. Each gets a gRPC status; the server keeps serving.
 
-mod support;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body as _, Frame};
 use nrl_registry::api::grpc::conversions as conv;
@@ -31,8 +29,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use support::fixtures::{input, query};
-use support::TestServer;
+use testkit::fixtures::{input, query};
+use testkit::TestServer;
 use tonic::Status;
 use tower_service::Service;
 
@@ -712,7 +710,7 @@ async fn raw_frames_of_random_bytes_get_a_grpc_status_and_the_server_keeps_servi
     assert!(failures.is_empty(), "{} problems:\n{}", failures.len(), failures.join("\n"));
 
     // A normal call still works, on the same connection and a new one.
-    let patient = support::fixtures::new_patient();
+    let patient = testkit::fixtures::new_patient();
     let mut registry = server.registry();
     registry
         .create_pointer(pb::CreatePointerRequest { pointer: Some(input(&patient, "QWO", "RR8", "736253002")) })

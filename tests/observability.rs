@@ -2,16 +2,14 @@
 //! `/live` and `/ready` through a drain and a Redis outage. A real server on 127.0.0.1:0 with its
 //! admin listener on port 0, scraped over a real socket.
 
-mod support;
-
 use nrl_registry::config::{ServerConfig, StoreConfig};
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::store::redis::RedisConfig;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::fixtures::{input, new_patient, CRISIS_PLAN};
-use support::TestServer;
+use testkit::fixtures::{input, new_patient, CRISIS_PLAN};
+use testkit::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::metadata::MetadataMap;
 use tonic::Code;
@@ -112,7 +110,7 @@ async fn metrics_count_every_call_by_method_and_code_without_patient_data() {
     }
     let found = registry
         .search_pointers(pb::SearchPointersRequest {
-            query: Some(support::fixtures::query(&patients[0])),
+            query: Some(testkit::fixtures::query(&patients[0])),
             ..Default::default()
         })
         .await
@@ -221,7 +219,7 @@ async fn ready_turns_503_once_the_drain_begins_while_live_stays_200() {
 
 #[tokio::test]
 async fn a_redis_outage_shows_as_store_down_and_not_ready_until_redis_returns() {
-    let mut redis = support::redis::RedisServer::start(support::redis::RedisOptions::default());
+    let mut redis = testkit::redis::RedisServer::start(testkit::redis::RedisOptions::default());
     let mut store = RedisConfig::parse(&redis.url()).expect("harness url");
     store.timeout = Duration::from_millis(300);
     let mut config = ServerConfig::for_tests();

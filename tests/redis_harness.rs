@@ -1,13 +1,11 @@
-//! Tests of the Redis test harness itself (`support::redis`), against real redis-server processes.
-
-mod support;
+//! Tests of the Redis test harness itself (`testkit::redis`), against real redis-server processes.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
-use support::redis::{find_tool_in, key_slot, RedisCluster, RedisOptions, RedisServer};
+use testkit::redis::{find_tool_in, key_slot, RedisCluster, RedisOptions, RedisServer};
 
 const WATCHDOG_CHILD_ENV: &str = "NRL_REDIS_HARNESS_WATCHDOG_CHILD";
 

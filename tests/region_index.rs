@@ -1,8 +1,6 @@
 //! The national index's storage contract (`RegionIndex`), on every backend: memory, a private
 //! redis-server and a 3-master Redis Cluster (where a resync's sweep must SCAN every master).
 
-mod support;
-
 use chrono::{TimeZone, Utc};
 use nrl_registry::domain::{Coding, NhsNumber, PointerIdCodec, PointerTypeCatalogue, RegionCode};
 use nrl_registry::store::index::{IndexEntry, IndexUpdate, RegionIndex};
@@ -11,8 +9,8 @@ use nrl_registry::store::redis::{RedisConfig, RedisStore};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-use support::fixtures::new_patient;
-use support::redis::{RedisCluster, RedisOptions, RedisServer};
+use testkit::fixtures::new_patient;
+use testkit::redis::{RedisCluster, RedisOptions, RedisServer};
 
 fn region(code: &str) -> RegionCode {
     RegionCode::parse(code).expect("region code")

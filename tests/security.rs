@@ -3,8 +3,6 @@
 //! RS256 keys, mTLS client certificates, purpose of use, patient restriction, the loopback-only rule
 //! when authentication is off, and NHS numbers kept out of the logs of the real binary.
 
-mod support;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -14,13 +12,13 @@ use nrl_registry::auth::Authenticator;
 use nrl_registry::config::{AuthConfig, ServeArgs, ServerConfig, StoreConfig};
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::batch_outcome::Result as BatchResult;
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::auth::*;
-use support::fixtures::*;
-use support::TestServer;
+use testkit::auth::*;
+use testkit::fixtures::*;
+use testkit::nodes::nrl_command;
+use testkit::process::{TempDir, Watched};
+use testkit::TestServer;
 use tonic::transport::ServerTlsConfig;
 use tonic::{Code, Response, Status};
 
@@ -1043,29 +1041,9 @@ fn serve_config(args: &[&str]) -> Result<ServerConfig, String> {
     ServerConfig::try_from(parsed.serve).map_err(|e| e.to_string())
 }
 
-fn nrl_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_nrl"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("NRL_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The log of a `nrl` child (its stdout and stderr), for the assertions on what it printed.
+fn read_log(path: &std::path::Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
 }
 
 #[test]
@@ -1088,23 +1066,15 @@ fn without_authentication_the_server_listens_on_loopback_only() {
     assert!(matches!(config.auth.authenticator, Authenticator::Enabled { .. }));
     let _ = std::fs::remove_dir_all(dir);
 
-    // The real binary refuses to start, says why, and exits 64.
-    let mut child = nrl_command()
-        .args(["serve", "--listen", "0.0.0.0:0", "--admin-listen", "off"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run nrl");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let status = wait_with_timeout(&mut child, Duration::from_secs(20))
-        .expect("nrl serve on 0.0.0.0 without auth must exit, not serve");
-    let stderr = reader.join().expect("stderr reader");
+    // The real binary refuses to start, says why, and exits 64. Under the watchdog, so that a
+    // binary that wrongly serves on 0.0.0.0 does not outlive the test.
+    let dir = TempDir::new("nrl-security-loopback");
+    let log = dir.join("nrl.log");
+    let mut child =
+        Watched::spawn(nrl_command().args(["serve", "--listen", "0.0.0.0:0", "--admin-listen", "off"]), &log);
+    let status =
+        child.wait_timeout(Duration::from_secs(20)).expect("nrl serve on 0.0.0.0 without auth must exit, not serve");
+    let stderr = read_log(&log);
     assert_eq!(status.code(), Some(64), "stderr: {stderr}");
     assert!(stderr.contains("loopback"), "says why: {stderr}");
 }
@@ -1113,7 +1083,7 @@ fn without_authentication_the_server_listens_on_loopback_only() {
 // NHS numbers never reach the logs
 // ---------------------------------------------------------------------------------------------
 
-use support::ports::free_port;
+use testkit::ports::free_port;
 
 /// A request carrying the patient in the request-id headers too (the server must not adopt them).
 fn tagged<T>(message: T, patient: &str) -> tonic::Request<T> {
@@ -1129,28 +1099,15 @@ fn tagged<T>(message: T, patient: &str) -> tonic::Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nhs_numbers_never_reach_the_logs() {
     let port = free_port();
-    let mut child = nrl_command()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off"])
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run nrl serve");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let readers = [
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = stderr.read_to_end(&mut bytes);
-            bytes
-        }),
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = stdout.read_to_end(&mut bytes);
-            bytes
-        }),
-    ];
+    // Its stdout and stderr both go to one log file, which is what is searched below.
+    let dir = TempDir::new("nrl-security-logs");
+    let log = dir.join("nrl.log");
+    let mut child = Watched::spawn(
+        nrl_command()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off"])
+            .env("RUST_LOG", "debug"),
+        &log,
+    );
 
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).expect("endpoint");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1299,12 +1256,9 @@ async fn nhs_numbers_never_reach_the_logs() {
         .expect("delete");
     drop((c, channel));
 
-    let pid = child.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("send SIGTERM");
-    assert!(killed.success());
-    let status = wait_with_timeout(&mut child, Duration::from_secs(30)).expect("nrl stops on SIGTERM");
-    let [stderr, stdout] = readers.map(|r| String::from_utf8_lossy(&r.join().expect("reader")).into_owned());
-    let logs = format!("{stderr}{stdout}");
+    child.signal("-TERM").expect("send SIGTERM");
+    let status = child.wait_timeout(Duration::from_secs(30)).expect("nrl stops on SIGTERM");
+    let logs = read_log(&log);
     assert!(status.success(), "nrl serve exit: {status:?}\n{logs}");
     // The logs were really on, and covered failing calls.
     assert!(

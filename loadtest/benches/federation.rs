@@ -17,16 +17,7 @@
 //! the figures include CPU contention between them. `cargo test --benches` runs it with 50 calls
 //! as a smoke test. Prints a Markdown block for loadtest/RESULTS.md.
 
-#[path = "../../tests/support/ports.rs"]
-#[allow(dead_code)]
-mod ports;
-
-#[path = "../../tests/support/nodes.rs"]
-#[allow(dead_code)]
-mod nodes;
-
 use hdrhistogram::Histogram;
-use nodes::{Federation, FederationPlan};
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::federated_locator_client::FederatedLocatorClient;
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
@@ -34,6 +25,7 @@ use nrl_registry::proto::nrl::v1::record_locator_client::RecordLocatorClient;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::nodes::{self, Federation, FederationPlan};
 use tonic::transport::Channel;
 
 const A: &str = "QWO";

@@ -16,14 +16,6 @@
 //! per patient, every pointer with a producer_reference (as bulk extracts have). gRPC is not in
 //! the loop here; `loadtest/` covers the service end to end.
 
-#[path = "../../tests/support/ports.rs"]
-#[allow(dead_code)]
-mod ports;
-
-#[path = "../../tests/support/redis.rs"]
-#[allow(dead_code)]
-mod redis_harness;
-
 use chrono::{TimeZone, Utc};
 use nrl_registry::auth::Caller;
 use nrl_registry::clock::SystemClock;
@@ -37,10 +29,10 @@ use nrl_registry::registry::Registry;
 use nrl_registry::store::memory::MemoryStore;
 use nrl_registry::store::redis::{RedisConfig, RedisStore};
 use nrl_registry::store::PointerStore;
-use redis_harness::{RedisOptions, RedisServer};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use testkit::redis::{RedisOptions, RedisServer};
 
 const BATCH: usize = 1000;
 /// Batches in flight at once from the one client.

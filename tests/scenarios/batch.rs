@@ -1,7 +1,7 @@
-use crate::support::fixtures::*;
-use crate::support::TestServer;
 use nrl_registry::proto::nrl::v1 as pb;
 use pb::batch_outcome::Result as Outcome;
+use testkit::fixtures::*;
+use testkit::TestServer;
 use tonic::Code;
 
 pub async fn batch_reports_one_outcome_per_entry_in_order(server: &TestServer) {

@@ -1,6 +1,6 @@
-use crate::support::fixtures::*;
-use crate::support::TestServer;
 use nrl_registry::proto::nrl::v1 as pb;
+use testkit::fixtures::*;
+use testkit::TestServer;
 use tonic::Code;
 
 pub async fn create_and_get_round_trip(server: &TestServer) {

@@ -1,6 +1,6 @@
-use crate::support::fixtures::*;
-use crate::support::TestServer;
 use nrl_registry::proto::nrl::v1 as pb;
+use testkit::fixtures::*;
+use testkit::TestServer;
 
 pub async fn locate_lists_regions_with_counts_and_endpoints(server: &TestServer) {
     let mut client = server.registry();

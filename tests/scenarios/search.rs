@@ -1,8 +1,8 @@
-use crate::support::fixtures::*;
-use crate::support::TestServer;
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
 use std::collections::BTreeSet;
+use testkit::fixtures::*;
+use testkit::TestServer;
 use tonic::transport::Channel;
 use tonic::Code;
 

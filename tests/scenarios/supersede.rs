@@ -1,6 +1,6 @@
-use crate::support::fixtures::*;
-use crate::support::TestServer;
 use nrl_registry::proto::nrl::v1 as pb;
+use testkit::fixtures::*;
+use testkit::TestServer;
 use tonic::Code;
 
 pub async fn supersede_replaces_atomically(server: &TestServer) {

@@ -1,7 +1,7 @@
-use crate::support::fixtures::*;
-use crate::support::TestServer;
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
+use testkit::fixtures::*;
+use testkit::TestServer;
 use tonic::transport::Channel;
 use tonic::Code;
 

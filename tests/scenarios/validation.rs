@@ -1,8 +1,8 @@
 //! Every rejection of a malformed pointer: INVALID_ARGUMENT naming the field, nothing written.
 
-use crate::support::fixtures::*;
-use crate::support::TestServer;
 use nrl_registry::proto::nrl::v1 as pb;
+use testkit::fixtures::*;
+use testkit::TestServer;
 use tonic::Code;
 
 type Mutation = fn(&mut pb::PointerInput);

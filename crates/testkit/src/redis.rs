@@ -5,10 +5,9 @@
 //! anything timing-sensitive, or wrap the call in `tokio::task::spawn_blocking`.
 //!
 //! # No orphans
-//! Each redis-server runs under a small `sh` watchdog ([`WATCHDOG_SCRIPT`]). Its stdin is a pipe
-//! whose only write end lives in the test process. When that end closes — we drop it in `kill9`
-//! and `Drop`, or the kernel closes it because the test process exited, panicked or was SIGKILLed —
-//! the watchdog SIGKILLs redis. So a dead test binary never leaves a redis-server behind.
+//! Each redis-server runs under the harness's watchdog ([`crate::process::Watched`]), which
+//! SIGKILLs it when the test process lets go of it in any way (`kill9`, drop, exit, panic,
+//! SIGKILL). So a dead test binary never leaves a redis-server behind.
 //!
 //! # Readiness
 //! A server counts as up when, on its port, `INFO` reports *our* process id and `loading:0` and
@@ -23,11 +22,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::ports::free_ports;
+use crate::process::{tail_of_file, TempDir, Watched};
 
 /// Number of hash slots in a Redis Cluster.
 pub const CLUSTER_SLOTS: u16 = 16384;
@@ -75,8 +76,9 @@ pub struct RedisServer {
     /// Cluster bus port; `Some` only for cluster nodes.
     bus_port: Option<u16>,
     opts: RedisOptions,
-    dir: PathBuf,
-    process: Option<Watchdog>,
+    /// Removed on drop, after the process is gone (fields drop after `Drop::drop`).
+    dir: TempDir,
+    process: Option<Watched>,
 }
 
 impl RedisServer {
@@ -89,7 +91,7 @@ impl RedisServer {
         // Fail fast, with install instructions, if either tool is missing.
         redis_server_bin();
         redis_cli_bin();
-        let dir = unique_temp_dir(if cluster_node { "node" } else { "server" });
+        let dir = TempDir::new(if cluster_node { "nrl-redis-node" } else { "nrl-redis-server" });
         let mut server = RedisServer { port: 0, bus_port: None, opts, dir, process: None };
         let mut attempt = 0;
         loop {
@@ -119,7 +121,7 @@ impl RedisServer {
 
     /// Process id of the redis-server itself (not its watchdog), if it is running.
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(|process| process.redis_pid)
+        self.process.as_ref().map(Watched::pid)
     }
 
     /// True from start/restart until kill9 (a crash on its own is not noticed here).
@@ -129,7 +131,7 @@ impl RedisServer {
 
     /// Data dir (AOF files, `nodes.conf`, `redis.log`); removed on drop.
     pub fn data_dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -192,7 +194,7 @@ impl RedisServer {
             "--daemonize",
             "no",
             "--dir",
-            &self.dir.to_string_lossy(),
+            &self.dir.path().to_string_lossy(),
             "--logfile",
             &self.log_path().to_string_lossy(),
             "--save",
@@ -235,7 +237,7 @@ impl RedisServer {
         let log = self.log_path();
         // Only log lines written by this launch decide whether the port was taken.
         let log_offset = std::fs::metadata(&log).map(|meta| meta.len()).unwrap_or(0);
-        let mut process = Watchdog::spawn(&self.args(), &log);
+        let mut process = Watched::spawn(Command::new(redis_server_bin()).args(self.args()), &log);
         match wait_ready(&mut process, self.port, STARTUP_TIMEOUT) {
             Ok(()) => {
                 self.process = Some(process);
@@ -256,7 +258,7 @@ impl RedisServer {
         format!(
             "could not {what} redis-server on 127.0.0.1:{} (dir {}): {error}\n--- redis log tail ---\n{}",
             self.port,
-            self.dir.display(),
+            self.dir.path().display(),
             self.log_tail()
         )
     }
@@ -264,14 +266,8 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        // The watchdog must be gone before the dir is removed, or redis could write into it again.
-        if let Some(mut process) = self.process.take() {
-            if let Err(error) = process.kill9_and_wait() {
-                // No panic in drop: we may already be unwinding.
-                eprintln!("redis harness: stopping redis-server on port {}: {error}", self.port);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // The process must be gone before the dir is removed, or redis could write into it again.
+        drop(self.process.take());
     }
 }
 
@@ -294,13 +290,13 @@ impl std::fmt::Display for LaunchError {
     }
 }
 
-fn wait_ready(process: &mut Watchdog, port: u16, timeout: Duration) -> Result<(), LaunchError> {
+fn wait_ready(process: &mut Watched, port: u16, timeout: Duration) -> Result<(), LaunchError> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = process.exited() {
             return Err(LaunchError::Exited(status));
         }
-        let probe = probe(port, process.redis_pid);
+        let probe = probe(port, process.pid());
         if probe.is_ok() {
             return Ok(());
         }
@@ -325,114 +321,6 @@ fn probe(port: u16, pid: u32) -> Result<(), String> {
     match conn.command(&["PING"])? {
         Reply::Simple(pong) if pong == "PONG" => Ok(()),
         other => Err(format!("PING answered {other:?}")),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Watchdog process
-// ---------------------------------------------------------------------------------------------
-
-/// `sh -c WATCHDOG_SCRIPT watchdog SERVER LOG ARGS...`: starts `SERVER ARGS...` in the background,
-/// prints its pid, and SIGKILLs it as soon as stdin reaches EOF (or gets a line). Exits with
-/// redis's exit status once redis is gone.
-///
-/// The guard reads through fd 3 because a background job's stdin is replaced by /dev/null in a
-/// non-interactive shell. Redis itself gets /dev/null as stdin and fd 3 closed, so the pipe's read
-/// end stays with the watchdog alone.
-const WATCHDOG_SCRIPT: &str = r#"
-server="$1"; log="$2"; shift 2
-exec 2>>"$log" 3<&0
-"$server" "$@" </dev/null >>"$log" 2>&1 3<&- &
-pid=$!
-echo "$pid"
-( read -r _ <&3; kill -9 "$pid" ) >/dev/null 2>&1 &
-guard=$!
-exec 3<&-
-wait "$pid"
-status=$?
-kill "$guard" 2>/dev/null
-exit "$status"
-"#;
-
-struct Watchdog {
-    /// The `sh` watchdog; its stdin is the lifeline pipe.
-    child: Child,
-    redis_pid: u32,
-}
-
-impl Watchdog {
-    fn spawn(args: &[String], log: &Path) -> Watchdog {
-        let mut child = Command::new(shell())
-            .arg("-c")
-            .arg(WATCHDOG_SCRIPT)
-            .arg("redis-watchdog")
-            .arg(redis_server_bin())
-            .arg(log)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| panic!("spawn redis-server watchdog via {}: {error}", shell().display()));
-        let mut first_line = String::new();
-        let stdout = child.stdout.take().expect("watchdog stdout is piped");
-        // The script echoes the pid right after forking redis, so this read returns immediately.
-        let read = BufReader::new(stdout).read_line(&mut first_line);
-        match first_line.trim().parse() {
-            Ok(redis_pid) => Watchdog { child, redis_pid },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("redis-server watchdog did not report a pid (read {read:?}, got {first_line:?})");
-            }
-        }
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Closes the lifeline so the watchdog SIGKILLs redis, then waits for both to be gone.
-    ///
-    /// Should the watchdog not manage that within 2s, redis is SIGKILLed directly — safe because
-    /// the pid cannot be reused before the watchdog has reaped it — and the call still fails, as
-    /// the watchdog is what protects against orphans.
-    fn kill9_and_wait(&mut self) -> Result<ExitStatus, String> {
-        drop(self.child.stdin.take());
-        let started = Instant::now();
-        let mut fallback: Option<String> = None;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    return match fallback {
-                        None => Ok(status),
-                        Some(how) => Err(format!("the watchdog did not kill redis pid {}; {how}", self.redis_pid)),
-                    }
-                }
-                Ok(None) if fallback.is_none() && started.elapsed() >= Duration::from_secs(2) => {
-                    let kill = Command::new("kill").args(["-9", &self.redis_pid.to_string()]).status();
-                    fallback = Some(format!("killed it directly ({kill:?})"));
-                }
-                Ok(None) if started.elapsed() >= STARTUP_TIMEOUT => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return Err(format!(
-                        "redis pid {} still running {STARTUP_TIMEOUT:?} after SIGKILL was requested",
-                        self.redis_pid
-                    ));
-                }
-                Ok(None) => thread::sleep(Duration::from_millis(5)),
-                Err(error) => return Err(format!("waiting for the redis watchdog: {error}")),
-            }
-        }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        if self.child.stdin.is_some() {
-            let _ = self.kill9_and_wait();
-        }
     }
 }
 
@@ -810,7 +698,7 @@ impl RedisCluster {
                 out,
                 "--- node :{} ({}) ---\n{}\n--- log tail ---\n{}\n",
                 node.port,
-                node.dir.display(),
+                node.dir.path().display(),
                 view.trim(),
                 tail_of_file(&node.log_path(), 12)
             );
@@ -825,13 +713,11 @@ impl Drop for RedisCluster {
         // shutdown noticing each other's deaths; each node's own Drop then waits and cleans up.
         for node in &mut self.nodes {
             if let Some(process) = node.process.as_mut() {
-                drop(process.child.stdin.take());
+                process.cut_lifeline();
             }
         }
         for node in &mut self.nodes {
-            if let Some(mut process) = node.process.take() {
-                let _ = process.kill9_and_wait();
-            }
+            drop(node.process.take());
         }
     }
 }
@@ -1149,42 +1035,13 @@ fn parse_info(text: &str) -> BTreeMap<String, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Ports, dirs, binaries
+// Logs and binaries
 // ---------------------------------------------------------------------------------------------
-
-/// `count` distinct ports that were free a moment ago. All probe listeners are held until every
-/// port is picked, so the ports differ; another process can still take one before redis binds
-/// it, which [`RedisServer::start_instance`] handles by retrying.
-use super::ports::free_ports;
-
-fn unique_temp_dir(label: &str) -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "nrl-redis-{label}-{}-{}-{:08x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        rand::random::<u32>()
-    );
-    let dir = std::env::temp_dir().join(name);
-    std::fs::create_dir(&dir).unwrap_or_else(|error| panic!("create temp dir {}: {error}", dir.display()));
-    dir
-}
 
 fn read_from(path: &Path, offset: u64) -> String {
     let bytes = std::fs::read(path).unwrap_or_default();
     let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
     String::from_utf8_lossy(&bytes[start..]).into_owned()
-}
-
-fn tail_of_file(path: &Path, lines: usize) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        }
-        Err(error) => format!("(no log at {}: {error})", path.display()),
-    }
 }
 
 /// The executable `name` from the directories in `path_var` (a `PATH`-style list); panics with
@@ -1212,8 +1069,4 @@ fn redis_server_bin() -> &'static Path {
 fn redis_cli_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| find_tool("redis-cli"))
-}
-
-fn shell() -> &'static Path {
-    Path::new("/bin/sh")
 }

@@ -1,21 +1,28 @@
-//! Test harness: a real registry server on 127.0.0.1:0 with real gRPC clients over a real socket.
-
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
+//! The test harness of nrl-registry, shared by every test binary in `tests/` and the benchmarks in
+//! `loadtest/benches/`: a real registry server on 127.0.0.1:0 with real gRPC clients over a real
+//! socket ([`TestServer`]), real `redis-server`s ([`redis`]), real `nrl serve` processes
+//! ([`nodes`]), and the fixtures, credentials and writers the suites share. Nothing is mocked.
+//!
+//! A crate of its own (dev-only, never published) so that the benchmarks use the same code as the
+//! tests instead of including files by path.
 
 pub mod auth;
 pub mod fixtures;
 pub mod nodes;
 pub mod ports;
+pub mod process;
 pub mod redis;
 pub mod writer;
 
 use nrl_registry::config::{ServerConfig, StoreConfig};
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
 use nrl_registry::proto::nrl::v1::record_locator_client::RecordLocatorClient;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 pub struct TestServer {
@@ -85,6 +92,23 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+    }
+}
+
+/// Polls `attempt` until it succeeds, every 50 ms; panics after `within` with what was awaited and
+/// the last error. Returns the value and how long it took.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut attempt: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        match attempt().await {
+            Ok(value) => return (value, started.elapsed()),
+            Err(last) if started.elapsed() >= within => panic!("{what}: not within {within:?}; last attempt: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }

@@ -1,8 +1,14 @@
-//! The writer shared by the fault tests (`tests/durability.rs`, `tests/cluster_topology.rs`):
-//! creates and supersedes for a set of patients while something breaks, records every outcome, and
-//! then verifies that every acknowledged write is present and nothing is half-written.
+//! The writer of the fault tests: writes in the background while something breaks, records every
+//! outcome in a [`Journal`], and afterwards checks what the store kept.
+//!
+//! [`Writer`] runs one [`Workload`] until stopped. [`CreateAndSupersede`] (`tests/durability.rs`,
+//! `tests/cluster_topology.rs`) creates and supersedes for a set of patients, journaling every
+//! write so [`verify`] can check that every acknowledged write is present and nothing is
+//! half-written; `tests/federation` brings its own workload (random creates, supersedes and deletes
+//! in one region) and checks the national index instead.
 
-use super::fixtures::{input, query, CRISIS_PLAN};
+use crate::eventually;
+use crate::fixtures::{input, query, CRISIS_PLAN};
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
 use std::collections::{BTreeMap, HashMap};
@@ -44,7 +50,23 @@ pub struct Sent {
 #[derive(Clone, Debug)]
 pub enum Ack {
     Created(pb::Pointer),
-    Superseded { new: pb::Pointer, old: Vec<pb::Pointer> },
+    Superseded {
+        new: pb::Pointer,
+        old: Vec<pb::Pointer>,
+    },
+    /// The pointer as it was when deleted.
+    Deleted(pb::Pointer),
+}
+
+impl Ack {
+    /// The operation, as named in [`Failure::op`] and [`Journal::ops`].
+    pub fn op(&self) -> &'static str {
+        match self {
+            Ack::Created(_) => "create",
+            Ack::Superseded { .. } => "supersede",
+            Ack::Deleted(_) => "delete",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +77,14 @@ pub struct Failure {
     pub message: String,
     pub started: Instant,
     pub elapsed: Duration,
+}
+
+impl Failure {
+    /// `op reference: code message`, for failure messages.
+    pub fn describe(&self) -> String {
+        let reference = if self.reference.is_empty() { String::new() } else { format!(" {}", self.reference) };
+        format!("{}{reference}: {:?} {}", self.op, self.code, self.message)
+    }
 }
 
 #[derive(Default)]
@@ -68,6 +98,21 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// Acknowledged writes counted by operation, for the test log.
+    pub fn ops(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        for ack in &self.acked {
+            *counts.entry(ack.op()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Records a call that failed (or did not answer) after `elapsed`.
+    pub fn fail(&mut self, op: &'static str, reference: String, status: &Status, started: Instant, elapsed: Duration) {
+        let (code, message) = (status.code(), status.message().to_string());
+        self.failures.push(Failure { op, reference, code, message, started, elapsed });
+    }
+
     /// Failures counted by operation and code, for the test log.
     pub fn failure_summary(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
@@ -78,12 +123,7 @@ impl Journal {
     }
 
     pub fn last_failures(&self) -> Vec<String> {
-        self.failures
-            .iter()
-            .rev()
-            .take(3)
-            .map(|f| format!("{} {}: {:?} {}", f.op, f.reference, f.code, f.message))
-            .collect()
+        self.failures.iter().rev().take(3).map(Failure::describe).collect()
     }
 }
 
@@ -138,6 +178,17 @@ pub async fn send(
     }
 }
 
+/// One kind of write that a [`Writer`] repeats until it is stopped.
+pub trait Workload: Send + 'static {
+    /// Sends write number `n` (0, 1, 2, ...), recording in `journal` what was sent and what came
+    /// back. Returns whether it was acknowledged: after a failure the writer pauses, so that it
+    /// does not spin while the store or the node is down.
+    fn write(&mut self, n: usize, journal: &Mutex<Journal>) -> impl Future<Output = bool> + Send;
+}
+
+/// How long the writer pauses after a failed write.
+const BACKOFF: Duration = Duration::from_millis(50);
+
 pub struct Writer {
     pub journal: Arc<Mutex<Journal>>,
     pub stop: Arc<AtomicBool>,
@@ -146,11 +197,28 @@ pub struct Writer {
 
 impl Writer {
     /// Loops over `patients` until stopped: a CreatePointer each time, and every fourth time a
-    /// SupersedePointer of one of the patient's current pointers that this writer created.
+    /// SupersedePointer of one of the patient's current pointers that this writer created
+    /// ([`CreateAndSupersede`]).
     pub fn spawn(channel: Channel, patients: Vec<String>, tag: &str) -> Writer {
+        Writer::start(CreateAndSupersede::new(channel, patients, tag))
+    }
+
+    /// Runs `workload` on a task of its own until [`stop`](Self::stop).
+    pub fn start(mut workload: impl Workload) -> Writer {
         let journal = Arc::new(Mutex::new(Journal::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(write_loop(channel, patients, tag.to_string(), journal.clone(), stop.clone()));
+        let task = tokio::spawn({
+            let (journal, stop) = (journal.clone(), stop.clone());
+            async move {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    if !workload.write(n, &journal).await {
+                        tokio::time::sleep(BACKOFF).await;
+                    }
+                    n += 1;
+                }
+            }
+        });
         Writer { journal, stop, task }
     }
 
@@ -163,8 +231,11 @@ impl Writer {
         self.read(|journal| journal.acked.len())
     }
 
-    pub fn failures_since(&self, since: Instant) -> usize {
-        self.read(|journal| journal.failures.iter().filter(|f| f.started + f.elapsed >= since).count())
+    /// The failures of calls that ended at or after `since`, described for failure messages.
+    pub fn failures_since(&self, since: Instant) -> Vec<String> {
+        self.read(|journal| {
+            journal.failures.iter().filter(|f| f.started + f.elapsed >= since).map(Failure::describe).collect()
+        })
     }
 
     pub async fn wait_acked(&self, at_least: usize, within: Duration, what: &str) {
@@ -179,9 +250,11 @@ impl Writer {
         .await;
     }
 
+    /// Stops after the write in flight, which a workload bounds (each of its calls within
+    /// [`HANG_LIMIT`], and at most two calls per write).
     pub async fn stop(self) -> Journal {
         self.stop.store(true, Ordering::Relaxed);
-        tokio::time::timeout(HANG_LIMIT * 2, self.task)
+        tokio::time::timeout(HANG_LIMIT * 3, self.task)
             .await
             .expect("the writer stops within its call bound")
             .expect("the writer task panicked");
@@ -189,29 +262,38 @@ impl Writer {
     }
 }
 
-pub async fn write_loop(
-    channel: Channel,
+/// Creates for each patient in turn, and every fourth write supersedes one of the patient's
+/// current pointers that this workload created; every write carries a fresh producer_reference
+/// (`TAG-C-N` or `TAG-S-N`), so [`verify`] can match what is stored against what was sent.
+pub struct CreateAndSupersede {
+    client: PointerRegistryClient<Channel>,
     patients: Vec<String>,
     tag: String,
-    journal: Arc<Mutex<Journal>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut client = PointerRegistryClient::new(channel);
-    // Per patient: current pointers this writer created and knows the state of.
-    let mut current: Vec<Vec<pb::Pointer>> = vec![Vec::new(); patients.len()];
-    let mut n = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        let i = n % patients.len();
+    /// Per patient: current pointers this writer created and knows the state of.
+    current: Vec<Vec<pb::Pointer>>,
+}
+
+impl CreateAndSupersede {
+    pub fn new(channel: Channel, patients: Vec<String>, tag: &str) -> Self {
+        let current = vec![Vec::new(); patients.len()];
+        Self { client: PointerRegistryClient::new(channel), patients, tag: tag.to_string(), current }
+    }
+}
+
+impl Workload for CreateAndSupersede {
+    async fn write(&mut self, n: usize, journal: &Mutex<Journal>) -> bool {
+        let i = n % self.patients.len();
         // An old pointer leaves the pool whatever happens: after an unacknowledged supersede its
         // state is unknown, so it is never offered again.
-        let old = if n % 4 == 3 { current[i].pop() } else { None };
-        let reference = format!("{tag}-{}-{n}", if old.is_some() { "S" } else { "C" });
-        match send(&mut client, &journal, &patients[i], reference, old.as_ref()).await {
-            Some(pointer) => current[i].push(pointer),
-            // Don't spin while the store is down.
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        let old = if n % 4 == 3 { self.current[i].pop() } else { None };
+        let reference = format!("{}-{}-{n}", self.tag, if old.is_some() { "S" } else { "C" });
+        match send(&mut self.client, journal, &self.patients[i], reference, old.as_ref()).await {
+            Some(pointer) => {
+                self.current[i].push(pointer);
+                true
+            }
+            None => false,
         }
-        n += 1;
     }
 }
 
@@ -361,6 +443,9 @@ pub async fn verify(client: &mut PointerRegistryClient<Channel>, patients: &[Str
                     check_acked(old, "retirement");
                 }
             }
+            Ack::Deleted(pointer) => {
+                assert!(!stored.contains_key(&pointer.id), "acknowledged delete of {} is still stored", pointer.id);
+            }
         }
     }
 
@@ -397,22 +482,6 @@ pub fn assert_no_patient_data(failures: &[Failure], patients: &[String]) {
     for failure in failures {
         for patient in patients {
             assert!(!failure.message.contains(patient.as_str()), "an error message holds an NHS number: {failure:?}");
-        }
-    }
-}
-
-/// Polls `attempt` until it succeeds; panics after `within` with the last error.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut attempt: F) -> (T, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    loop {
-        match attempt().await {
-            Ok(value) => return (value, started.elapsed()),
-            Err(last) if started.elapsed() >= within => panic!("{what}: not within {within:?}; last attempt: {last}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }

@@ -2,17 +2,13 @@
 //! and regional nodes, wired together by a region directory file whose regions carry a
 //! `record-locator` endpoint naming their node.
 //!
-//! Each node runs under a small `sh` watchdog (the pattern of `tests/durability.rs` and the redis
-//! harness): the watchdog SIGKILLs `nrl` as soon as the pipe on its stdin closes, which happens in
-//! [`NrlNode::kill9`], on drop, and when the test process dies in any way, so no `nrl serve`
+//! Each node runs under the harness's watchdog ([`crate::process::Watched`]), which SIGKILLs `nrl`
+//! in [`NrlNode::kill9`], on drop, and when the test process dies in any way, so no `nrl serve`
 //! outlives its test. A node can be killed and restarted on the same port with the same flags,
 //! and frozen (SIGSTOP) and thawed (SIGCONT) to play a slow node.
-//!
-//! This file depends on nothing else in `support`, so the benchmark can include it by path.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -24,65 +20,51 @@ use tonic_health::pb::HealthCheckRequest;
 pub const LOCATOR_PURPOSE: &str = "record-locator";
 /// How long a node gets to start serving (the debug binary on a busy CI machine, Redis startup).
 pub const START_LIMIT: Duration = Duration::from_secs(20);
-/// How long `kill9` waits for the process to be gone.
-const KILL_LIMIT: Duration = Duration::from_secs(5);
 const LOG_TAIL_LINES: usize = 40;
 
-/// `sh -c NRL_WATCHDOG nrl-watchdog LOG NRL ARGS...`: starts `NRL ARGS...` in the background with
-/// its output appended to LOG, prints its pid, and SIGKILLs it when stdin reaches EOF.
-const NRL_WATCHDOG: &str = r#"
-log="$1"; shift
-exec 3<&0
-"$@" </dev/null >>"$log" 2>&1 3<&- &
-pid=$!
-echo "$pid"
-( read -r _ <&3; kill -9 "$pid" ) >/dev/null 2>&1 &
-guard=$!
-exec 3<&-
-wait "$pid"
-status=$?
-kill "$guard" 2>/dev/null
-exit "$status"
-"#;
-
 /// The `nrl` binary under test: `NRL_BIN` if set (e.g. a release build), else Cargo's build of it.
+///
+/// Cargo tells only the integration tests and benchmarks of nrl-registry where it built `nrl`
+/// (`CARGO_BIN_EXE_nrl`, at compile time, and at run time under recent Cargo); this crate is a
+/// library, so it reads the variable at run time and otherwise looks where Cargo puts it: beside
+/// the `deps/` directory the running test or benchmark binary is in.
 pub fn nrl_bin() -> PathBuf {
-    std::env::var_os("NRL_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nrl")))
-}
-
-/// A port that was free a moment ago (the node binds it itself, later).
-use super::ports::free_ports;
-
-/// A temp dir, removed on drop unless the thread is panicking: then it is kept, and its path
-/// printed, so the node logs in it can be read.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(label: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("{label}-{}-{:08x}", std::process::id(), rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create temp dir {}: {e}", dir.display()));
-        TempDir(dir)
+    if let Some(bin) = std::env::var_os("NRL_BIN").or_else(|| std::env::var_os("CARGO_BIN_EXE_nrl")) {
+        return PathBuf::from(bin);
     }
-
-    pub fn path(&self) -> &Path {
-        &self.0
+    let exe = std::env::current_exe().expect("the path of the running test binary");
+    let beside_deps = exe.parent().and_then(Path::parent).map(|profile_dir| profile_dir.join("nrl"));
+    match beside_deps {
+        Some(bin) if bin.is_file() => bin,
+        _ => panic!(
+            "no `nrl` binary beside {}: run the tests with `cargo test` (which builds it), or build it with \
+             `cargo build --bin nrl` and set NRL_BIN to its path",
+            exe.display()
+        ),
     }
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("node logs kept in {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
+/// Ports that were free a moment ago (the nodes bind them themselves, later).
+use crate::ports::free_ports;
+use crate::process::{tail_of_file, TempDir, Watched};
+
+/// A command for the `nrl` binary under test that only its arguments configure: every `NRL_*`
+/// variable the test runs under is removed.
+pub fn nrl_command() -> Command {
+    let mut command = Command::new(nrl_bin());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("NRL_") {
+            command.env_remove(name);
         }
     }
+    command
 }
 
 /// Writes the built-in region directory (`src/domain/data/regions.json`) to `path`, with a
 /// `record-locator` endpoint added to each region in `nodes` (region code → node url).
 pub fn write_regions_file(path: &Path, nodes: &[(&str, String)]) {
-    let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/domain/data/regions.json");
+    // This crate lives in crates/testkit of the nrl-registry workspace.
+    let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../src/domain/data/regions.json");
     let text = std::fs::read_to_string(&builtin).unwrap_or_else(|e| panic!("read {}: {e}", builtin.display()));
     let mut directory: serde_json::Value = serde_json::from_str(&text).expect("the built-in region directory is JSON");
     let regions = directory["regions"].as_array_mut().expect("the directory has a regions array");
@@ -110,12 +92,6 @@ pub fn lazy_channel(url: &str) -> Channel {
         .connect_lazy()
 }
 
-struct Running {
-    watchdog: Child,
-    _stdout: ChildStdout,
-    pid: u32,
-}
-
 /// One `nrl serve` process on a fixed 127.0.0.1 port (fixed so it can be named in the region
 /// directory before it starts, and restarted on the same address).
 pub struct NrlNode {
@@ -123,7 +99,9 @@ pub struct NrlNode {
     pub port: u16,
     args: Vec<String>,
     log: PathBuf,
-    process: Option<Running>,
+    /// `RUST_LOG` of the process.
+    rust_log: String,
+    process: Option<Watched>,
     channel: Channel,
     /// SIGSTOPped and not yet SIGCONTed.
     frozen: bool,
@@ -134,12 +112,19 @@ impl NrlNode {
     /// to `LOG_DIR/NAME.log`. Only these flags configure it, whatever `NRL_*` the test runs under.
     /// Returns at once; see [`wait_serving`](Self::wait_serving).
     pub fn spawn(name: &str, port: u16, args: Vec<String>, log_dir: &Path) -> NrlNode {
+        let rust_log = std::env::var("NRL_TEST_NODE_LOG").unwrap_or_else(|_| "info".into());
+        Self::spawn_logging(name, port, args, log_dir, &rust_log)
+    }
+
+    /// [`spawn`](Self::spawn) with `RUST_LOG=rust_log` (else `NRL_TEST_NODE_LOG`, else `info`).
+    pub fn spawn_logging(name: &str, port: u16, args: Vec<String>, log_dir: &Path, rust_log: &str) -> NrlNode {
         let url = format!("http://127.0.0.1:{port}");
         let mut node = NrlNode {
             name: name.to_string(),
             port,
             args,
             log: log_dir.join(format!("{name}.log")),
+            rust_log: rust_log.to_string(),
             process: None,
             channel: lazy_channel(&url),
             frozen: false,
@@ -149,38 +134,18 @@ impl NrlNode {
     }
 
     fn launch(&mut self) {
-        let mut command = Command::new("/bin/sh");
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("NRL_") {
-                command.env_remove(name);
-            }
-        }
-        let mut watchdog = command
-            .env("RUST_LOG", std::env::var("NRL_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()))
-            .arg("-c")
-            .arg(NRL_WATCHDOG)
-            .arg("nrl-watchdog")
-            .arg(&self.log)
-            .arg(nrl_bin())
+        let mut command = nrl_command();
+        command
+            .env("RUST_LOG", &self.rust_log)
+            // No admin listener: its default port (9090) is shared by every process on the host.
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--admin-listen", "off"])
-            .args(&self.args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the nrl watchdog");
-        let mut stdout = BufReader::new(watchdog.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        let read = stdout.read_line(&mut line);
-        let pid = line.trim().parse().unwrap_or_else(|_| {
-            let _ = watchdog.kill();
-            panic!("the nrl watchdog of {} reported no pid ({read:?}, {line:?})", self.name)
-        });
+            .args(&self.args);
+        let process = Watched::spawn(&command, &self.log);
         let _ = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).and_then(|mut f| {
             use std::io::Write;
-            writeln!(f, "---- test harness: started pid {pid}: nrl serve {} ----", self.args.join(" "))
+            writeln!(f, "---- test harness: started pid {}: nrl serve {} ----", process.pid(), self.args.join(" "))
         });
-        self.process = Some(Running { watchdog, _stdout: stdout.into_inner(), pid });
+        self.process = Some(process);
     }
 
     /// `http://127.0.0.1:PORT`
@@ -194,7 +159,7 @@ impl NrlNode {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(|p| p.pid)
+        self.process.as_ref().map(Watched::pid)
     }
 
     pub fn log_path(&self) -> &Path {
@@ -203,19 +168,17 @@ impl NrlNode {
 
     /// The last lines of the node's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
         format!(
             "---- {} ({}) log tail ----\n{}",
             self.name,
             self.log.display(),
-            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+            tail_of_file(&self.log, LOG_TAIL_LINES)
         )
     }
 
     /// The exit status, if the node has exited (it should not have, unless killed).
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.process.as_mut().and_then(|p| p.watchdog.try_wait().ok().flatten())
+        self.process.as_mut().and_then(Watched::exited)
     }
 
     /// Panics with the log if the node was started and has exited.
@@ -249,31 +212,13 @@ impl NrlNode {
 
     /// SIGKILL (via the watchdog), then waits until `nrl` and its watchdog are gone.
     pub fn kill9(&mut self) {
-        let mut running = self.process.take().unwrap_or_else(|| panic!("kill9: {} is not running", self.name));
+        let mut process = self.process.take().unwrap_or_else(|| panic!("kill9: {} is not running", self.name));
         self.frozen = false;
-        drop(running.watchdog.stdin.take());
-        let deadline = std::time::Instant::now() + KILL_LIMIT;
-        loop {
-            match running.watchdog.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                other => {
-                    let _ = Command::new("kill").args(["-9", &running.pid.to_string()]).status();
-                    let _ = running.watchdog.kill();
-                    let _ = running.watchdog.wait();
-                    panic!(
-                        "{} (pid {}) did not die within {KILL_LIMIT:?} of SIGKILL ({other:?})",
-                        self.name, running.pid
-                    );
-                }
-            }
+        if let Err(error) = process.kill9_and_wait() {
+            panic!("kill9 of {}: {error}\n{}", self.name, self.log_tail());
         }
-        assert!(
-            !Path::new(&format!("/proc/{}", running.pid)).exists(),
-            "{} pid {} still exists",
-            self.name,
-            running.pid
-        );
+        let pid = process.pid();
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{} pid {pid} still exists", self.name);
     }
 
     /// Starts the node again on the same port with the same flags (killing it first if it runs).
@@ -299,21 +244,19 @@ impl NrlNode {
     }
 
     fn signal(&self, signal: &str) {
-        let pid = self.pid().unwrap_or_else(|| panic!("signal {signal}: {} is not running", self.name));
-        let status = Command::new("kill").args([signal, &pid.to_string()]).status().expect("run kill");
-        assert!(status.success(), "kill {signal} {pid} ({}) failed: {status}", self.name);
+        let process = self.process.as_ref().unwrap_or_else(|| panic!("signal {signal}: {} is not running", self.name));
+        process.signal(signal).unwrap_or_else(|error| panic!("{error}"));
     }
 }
 
 impl Drop for NrlNode {
     fn drop(&mut self) {
-        if let Some(mut running) = self.process.take() {
+        if let Some(process) = self.process.take() {
             if self.frozen {
                 // SIGKILL works on a stopped process too; this just lets it go quietly.
-                let _ = Command::new("kill").args(["-CONT", &running.pid.to_string()]).status();
+                let _ = process.signal("-CONT");
             }
-            drop(running.watchdog.stdin.take());
-            let _ = running.watchdog.wait();
+            // Dropping it kills it and waits.
         }
     }
 }

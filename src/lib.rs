@@ -1,12 +1,20 @@
 //! nrl-registry: a National Record Locator-style pointer registry.
 //!
 //! # Layout
-//! - [`domain`]: NHS numbers, ODS codes, regions, pointer types, pointers, queries. Pure rules.
-//! - [`registry`]: the operations (create, update, supersede, delete, search, locate) over a store.
-//! - [`store`]: the [`store::PointerStore`] trait and its backends.
-//! - [`api`]: tonic services, proto ↔ domain conversions, error → status mapping.
-//! - [`server`]: assembles the services with health, reflection and limits; graceful shutdown.
-//! - [`config`], [`telemetry`], [`cli`]: process concerns for the `nrl` binary.
+//! Layers import only downwards (`tests/architecture.rs` checks it): api → registry → store → domain.
+//! - [`domain`]: NHS numbers, ODS codes, regions, pointer types, pointers, queries, the write rules.
+//!   Pure: no I/O, no protobuf, no storage.
+//! - [`registry`]: every operation (create, update, supersede, delete, search, locate, audit, the
+//!   change feed for peers): authorise ([`auth::policy`]), act, audit.
+//! - [`store`]: the four storage ports (pointers, audit, change feed, national index), their
+//!   metering, and two backends: memory and Redis (standalone and Cluster).
+//! - [`api`]: the only inbound edge: [`api::grpc`] holds every tonic service, the interceptor,
+//!   proto ↔ domain conversions, the error → status map, and the client side of node-to-node calls.
+//! - [`federation`]: outbound work: following regional feeds into the national index, the
+//!   federated-search fan-out, the peer directory.
+//! - [`auth`]: callers (JWT, mTLS) and the policy; [`error`]: the one error type; [`clock`].
+//! - [`server`]: assembles stores, registry and services with health and reflection; graceful shutdown.
+//! - [`config`], [`telemetry`], [`cli`], [`load`]: process concerns for the `nrl` and `nrl-load` binaries.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP listener (/metrics, /live, /ready).
 #![forbid(unsafe_code)]
 

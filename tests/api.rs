@@ -1,13 +1,13 @@
 //! Black-box tests of the gRPC API against a real server over a real socket.
 //!
-//! `conformance!` runs every scenario in `scenarios/` against each store backend, so all backends
-//! are held to one behaviour.
+//! `on_every_backend!` (testkit) runs every scenario in `scenarios/` against each store backend,
+//! so all backends are held to one behaviour.
 
 mod scenarios;
 
 use nrl_registry::config::{ServerConfig, StoreConfig};
 use std::time::Duration;
-use testkit::TestServer;
+use testkit::{on_every_backend, Backend, TestServer};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -42,27 +42,27 @@ mod backends {
         let url = CLUSTER.get_or_init(|| RedisCluster::start(3, 0)).url();
         TestServer::start(store(&url)).await
     }
-}
 
-macro_rules! conformance {
-    ([$($backend:ident),+] $scenarios:tt) => {
-        $(conformance!(@backend $backend $scenarios);)+
-    };
-    (@backend $backend:ident [$($module:ident :: $scenario:ident),+ $(,)?]) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let server = crate::backends::$backend().await;
-                    crate::scenarios::$module::$scenario(&server).await;
-                    server.stop().await.expect("server stops cleanly");
-                }
-            )+
+    pub async fn start(backend: Backend) -> TestServer {
+        match backend {
+            Backend::Memory => memory().await,
+            Backend::Redis => redis().await,
+            Backend::RedisCluster => redis_cluster().await,
         }
-    };
+    }
 }
 
-conformance!([memory, redis, redis_cluster] [
+/// Runs one scenario against a server on `backend`, then stops the server.
+async fn with_server(backend: Backend, scenario: impl AsyncFnOnce(&TestServer)) {
+    let server = backends::start(backend).await;
+    scenario(&server).await;
+    server.stop().await.expect("server stops cleanly");
+}
+
+// The scenario modules, so the list below reads `module::scenario`.
+use scenarios::{batch, create, locate, search, supersede, update_delete, validation};
+
+on_every_backend!(with_server; [
     create::create_and_get_round_trip,
     create::create_with_reference_is_idempotent,
     create::concurrent_creates_with_one_reference_register_once,

@@ -10,17 +10,9 @@ use std::time::Duration;
 use testkit::auth::*;
 use testkit::fixtures::*;
 use testkit::redis::{RedisCluster, RedisOptions, RedisServer};
-use testkit::TestServer;
+use testkit::{on_every_backend, Backend, TestServer};
 use tokio_stream::StreamExt;
 use tonic::Code;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Memory,
-    Redis,
-    /// Its own 3-master cluster: patients' logs spread over the masters, the export on one.
-    RedisCluster,
-}
 
 struct Env {
     server: TestServer,
@@ -871,39 +863,17 @@ async fn an_export_cursor_older_than_the_retention_is_out_of_range() {
     env.stop().await;
 }
 
-macro_rules! on_every_store {
-    ($($scenario:ident),+ $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::Backend::Memory).await;
-                }
-            )+
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::Backend::Redis).await;
-                }
-            )+
-        }
-        mod redis_cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::Backend::RedisCluster).await;
-                }
-            )+
-        }
-    };
+/// Runs a scenario that starts its own server and store on `backend` (`Env::start`). On a Redis
+/// Cluster that is its own 3-master cluster: patients' logs spread over the masters, the export
+/// on one.
+async fn own_environment(backend: Backend, scenario: impl AsyncFnOnce(Backend)) {
+    scenario(backend).await;
 }
 
-on_every_store!(
+on_every_backend!(own_environment; [
     each_operation_leaves_exactly_the_expected_event,
     unknown_ids_leave_no_event_against_an_unrelated_patient,
     break_glass_is_flagged_only_when_a_restricted_patients_pointers_are_shown,
     access_log_is_newest_first_pages_exactly_once_and_is_itself_recorded,
     export_streams_every_event_in_order_resumes_and_follows,
-);
+]);

@@ -7,12 +7,15 @@
 //! tests instead of including files by path.
 
 pub mod auth;
+pub mod backend;
 pub mod fixtures;
 pub mod nodes;
 pub mod ports;
 pub mod process;
 pub mod redis;
 pub mod writer;
+
+pub use backend::Backend;
 
 use nrl_registry::config::{ServerConfig, StoreConfig};
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;

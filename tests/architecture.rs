@@ -152,6 +152,31 @@ fn no_source_file_grows_past_the_limit() {
     assert_none(&format!("No source file is over {MAX_LINES} lines: split it by what it holds."), found);
 }
 
+#[test]
+fn no_test_or_harness_file_grows_past_the_limit() {
+    // The same rule for the tests and the harness: a suite that grows is split into modules by
+    // section (`tests/federation/`, `tests/security/`, ...).
+    fn long_files(dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                long_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let lines = std::fs::read_to_string(&path).map(|t| t.lines().count()).unwrap_or(0);
+                if lines > MAX_LINES {
+                    out.push(format!("{}: {lines} lines", path.display()));
+                }
+            }
+        }
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    for dir in ["tests", "crates/testkit/src", "loadtest/benches"] {
+        long_files(&root.join(dir), &mut found);
+    }
+    assert_none(&format!("No test, harness or bench file is over {MAX_LINES} lines."), found);
+}
+
 /// Which top-level modules each module names (`crate::X`), test code included.
 fn module_graph(sources: &[Source]) -> BTreeMap<String, BTreeSet<String>> {
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -17,7 +17,7 @@ use crate::error::RegistryError;
 use crate::store::audit::{AuditEvent, AuditStore, EventPage};
 use crate::store::feed::ChangeFeed;
 use crate::store::index::RegionIndex;
-use crate::store::PointerStore;
+use crate::store::{PointerStore, StoreError};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -166,12 +166,34 @@ impl Registry {
             Ok(value) => (event.pointer_ids, event.break_glass) = touched(value),
             Err(error) => event.outcome = error.code_name().to_string(),
         }
-        match self.audit.append_all(vec![event]).await {
+        match self.record(vec![event]).await {
             Ok(()) => result,
             Err(e) => {
                 tracing::error!(error = %e, operation, "audit write failed; withholding the answer");
                 Err(RegistryError::Unavailable(format!("the audit log cannot be written ({e}); nothing was returned")))
             }
+        }
+    }
+
+    /// Records events that no write carried (reads, refusals, replays).
+    async fn record(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        self.audit.append_all(events).await
+    }
+
+    /// Like [`Self::audited`], for a write: when `recorded` says the write's own event was stored
+    /// with it (atomically), there is nothing more to record.
+    async fn audited_unless<T>(
+        &self,
+        recorded: impl FnOnce(&T) -> bool,
+        caller: &Caller,
+        operation: &str,
+        nhs_number: NhsNumber,
+        result: Result<T, RegistryError>,
+        touched: impl FnOnce(&T) -> (Vec<PointerId>, bool),
+    ) -> Result<T, RegistryError> {
+        match result {
+            Ok(value) if recorded(&value) => Ok(value),
+            result => self.audited(caller, operation, nhs_number, result, touched).await,
         }
     }
 
@@ -181,6 +203,22 @@ impl Registry {
 
     pub fn store(&self) -> &Arc<dyn PointerStore> {
         &self.store
+    }
+
+    pub async fn get(&self, caller: &Caller, id: PointerId) -> Result<Pointer, RegistryError> {
+        let Some((pointer, restricted)) = self.store.get_for_read(id).await? else {
+            return Err(rules::not_found(id));
+        };
+        let nhs = pointer.draft.nhs_number;
+        let result = policy::read_scope(caller, restricted, []).and_then(|scope| {
+            // A pointer the caller may not see is answered exactly like one that does not exist.
+            if scope.can_see(&pointer) {
+                Ok((pointer, scope.break_glass))
+            } else {
+                Err(rules::not_found(id))
+            }
+        });
+        self.audited(caller, "GetPointer", nhs, result, |(p, glass)| (vec![p.id], *glass)).await.map(|(p, _)| p)
     }
 
     /// The patient's pointers this caller may see, and how it may see them.

@@ -21,7 +21,7 @@ pub mod redis;
 use crate::domain::{NhsNumber, OdsCode, Pointer, PointerId, PointerIdCodec, ProducerReference};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
-use audit::AuditStore;
+use audit::{AuditEvent, AuditStore};
 use feed::ChangeFeed;
 use index::RegionIndex;
 use metered::Metered;
@@ -102,6 +102,11 @@ pub struct PatientWrite {
     pub deletes: Vec<Pointer>,
     /// Pointers to store (insert or replace by id), after the deletes; each must belong to `nhs_number`.
     pub puts: Vec<Pointer>,
+    /// The audit event of the call making this write, recorded in the same atomic step: in the
+    /// patient's log, and in the export where the backend can make that atomic too (memory,
+    /// standalone Redis; on Redis Cluster the export is in another slot and gets a copy right
+    /// after). A pointer never exists without the record of the write that made it.
+    pub audit: Option<AuditEvent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

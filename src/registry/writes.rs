@@ -2,6 +2,11 @@
 //! (optimistic version check), delete and supersede (atomic). Each is read → decide (the pure
 //! rules are in `domain::rules`) → one conditional `PatientWrite`; a write that loses a race is
 //! decided again on fresh data, a bounded number of times, or answered ABORTED.
+//!
+//! Every write carries the audit event of the call that makes it (`PatientWrite::audit`), so the
+//! store records both in one atomic step: a pointer never exists without the record of the write
+//! that made it, even when the caller never sees the answer. What changed nothing (a refusal, a
+//! replayed registration) is recorded afterwards, like a read.
 
 use super::{Registered, Registry, Superseded, MAX_ATTEMPTS};
 use crate::auth::{policy, Caller};
@@ -10,6 +15,12 @@ use crate::error::RegistryError;
 use crate::store::audit::AuditEvent;
 use crate::store::{Condition, PatientWrite, ReferenceKey, StoreError};
 use std::collections::{BTreeSet, HashMap};
+
+/// Who is writing, and as which operation: what a write's audit event records.
+struct Call<'a> {
+    caller: &'a Caller,
+    operation: &'static str,
+}
 
 impl Registry {
     fn new_pointer(&self, draft: PointerDraft, supersedes: Vec<PointerId>) -> Pointer {
@@ -26,13 +37,26 @@ impl Registry {
         }
     }
 
-    /// The write that registers `pointer`: its id must be new and its reference unused.
-    fn creation(pointer: &Pointer) -> PatientWrite {
+    /// The event of a write that `call` makes, listing the pointers it changed.
+    fn write_event(&self, call: &Call<'_>, nhs_number: NhsNumber, changed: Vec<PointerId>) -> AuditEvent {
+        AuditEvent { pointer_ids: changed, ..self.event(call.caller, call.operation, nhs_number) }
+    }
+
+    /// The write that registers `pointer` (its id must be new and its reference unused), with the
+    /// event that records it.
+    fn creation(&self, call: &Call<'_>, pointer: &Pointer) -> PatientWrite {
         let mut conditions = vec![Condition::Absent(pointer.id)];
         if let Some(reference) = &pointer.draft.producer_reference {
             conditions.push(Condition::ReferenceFree(pointer.draft.custodian.clone(), reference.clone()));
         }
-        PatientWrite { nhs_number: pointer.draft.nhs_number, conditions, puts: vec![pointer.clone()], deletes: vec![] }
+        let nhs_number = pointer.draft.nhs_number;
+        PatientWrite {
+            nhs_number,
+            conditions,
+            puts: vec![pointer.clone()],
+            deletes: vec![],
+            audit: Some(self.write_event(call, nhs_number, vec![pointer.id])),
+        }
     }
 
     /// What an earlier registration under the same reference means for this one.
@@ -46,10 +70,10 @@ impl Registry {
 
     /// Write first, read only if the reference turns out to be taken: a fresh registration (the
     /// common case, and all of a bulk load) costs one store call.
-    async fn register(&self, draft: PointerDraft) -> Result<Registered, RegistryError> {
+    async fn register(&self, call: &Call<'_>, draft: PointerDraft) -> Result<Registered, RegistryError> {
         for _ in 0..MAX_ATTEMPTS {
             let pointer = self.new_pointer(draft.clone(), vec![]);
-            match self.store.apply(Self::creation(&pointer)).await {
+            match self.store.apply(self.creation(call, &pointer)).await {
                 Ok(()) => return Ok(Registered { pointer, created: true }),
                 // Ids are fresh, so the reference is taken: answer from whoever holds it.
                 Err(StoreError::ConditionFailed) => {
@@ -71,6 +95,7 @@ impl Registry {
     /// at once and answered as repeats or conflicts.
     async fn register_batch(
         &self,
+        call: &Call<'_>,
         drafts: Vec<Result<PointerDraft, RegistryError>>,
     ) -> Vec<Result<Registered, RegistryError>> {
         let mut results: Vec<Option<Result<Registered, RegistryError>>> = Vec::with_capacity(drafts.len());
@@ -85,7 +110,7 @@ impl Registry {
             }
         }
 
-        let applied = self.create_grouped(&pending).await;
+        let applied = self.create_grouped(call, &pending).await;
         let mut taken: Vec<(usize, PointerDraft)> = Vec::new();
         for ((i, pointer), result) in pending.into_iter().zip(applied) {
             match result {
@@ -109,7 +134,7 @@ impl Registry {
                 Some(Err(e)) => Err(e.into()),
                 // The holder vanished between the two calls (or two entries of this batch raced for
                 // one reference): decide this entry again on its own.
-                _ => self.register(draft).await,
+                _ => self.register(call, draft).await,
             });
         }
         results
@@ -122,11 +147,12 @@ impl Registry {
     /// patient's several pointers instead of one each. A group whose conditions fail (a reference
     /// already taken, usually a replayed extract) is retried entry by entry, so every entry gets
     /// its own outcome. Results are in `pending` order.
-    async fn create_grouped(&self, pending: &[(usize, Pointer)]) -> Vec<Result<(), StoreError>> {
+    /// Each group's write carries one event listing the group's pointers; a retried entry, its own.
+    async fn create_grouped(&self, call: &Call<'_>, pending: &[(usize, Pointer)]) -> Vec<Result<(), StoreError>> {
         let mut groups: Vec<(PatientWrite, Vec<usize>)> = Vec::new();
         let mut open: HashMap<NhsNumber, usize> = HashMap::new();
         for (k, (_, pointer)) in pending.iter().enumerate() {
-            let write = Self::creation(pointer);
+            let write = self.creation(call, pointer);
             // Two entries claiming one reference cannot share a write: both conditions would be
             // checked before either put. The second starts a new group.
             let joinable = open.get(&write.nhs_number).copied().filter(|&g| {
@@ -140,6 +166,9 @@ impl Registry {
                     let (group, members) = &mut groups[g];
                     group.conditions.extend(write.conditions);
                     group.puts.extend(write.puts);
+                    if let Some(event) = group.audit.as_mut() {
+                        event.pointer_ids.push(pointer.id);
+                    }
                     members.push(k);
                 }
                 None => {
@@ -160,7 +189,7 @@ impl Registry {
         }
         if !retry.is_empty() {
             let one_by_one =
-                self.store.apply_each(retry.iter().map(|&k| Self::creation(&pending[k].1)).collect()).await;
+                self.store.apply_each(retry.iter().map(|&k| self.creation(call, &pending[k].1)).collect()).await;
             for (k, outcome) in retry.into_iter().zip(one_by_one) {
                 results[k] = outcome;
             }
@@ -180,11 +209,14 @@ impl Registry {
         rules::check_updatable(&stored, version, &draft)?;
         let id = stored.id;
         let updated = Pointer { draft, version: version + 1, updated_at: self.clock.now(), ..stored };
+        let nhs_number = updated.draft.nhs_number;
+        let call = Call { caller, operation: "UpdatePointer" };
         let write = PatientWrite {
-            nhs_number: updated.draft.nhs_number,
+            nhs_number,
             conditions: vec![Condition::AtVersion(id, version)],
             puts: vec![updated.clone()],
             deletes: vec![],
+            audit: Some(self.write_event(&call, nhs_number, vec![id])),
         };
         match self.store.apply(write).await {
             Ok(()) => Ok(updated),
@@ -203,11 +235,14 @@ impl Registry {
                     return Err(rules::stale(id, expected, stored.version));
                 }
             }
+            let nhs_number = stored.draft.nhs_number;
+            let call = Call { caller, operation: "DeletePointer" };
             let write = PatientWrite {
-                nhs_number: stored.draft.nhs_number,
+                nhs_number,
                 conditions: vec![Condition::AtVersion(id, stored.version)],
                 puts: vec![],
                 deletes: vec![stored.clone()],
+                audit: Some(self.write_event(&call, nhs_number, vec![id])),
             };
             match self.store.apply(write).await {
                 Ok(()) => return Ok(stored),
@@ -260,7 +295,8 @@ impl Registry {
             }
 
             let new = self.new_pointer(draft.clone(), old_ids.clone());
-            let mut write = Self::creation(&new);
+            let call = Call { caller, operation: "SupersedePointer" };
+            let mut write = self.creation(&call, &new);
             let retired: Vec<Pointer> = olds
                 .into_iter()
                 .map(|old| {
@@ -269,6 +305,9 @@ impl Registry {
                 })
                 .collect();
             write.puts.extend(retired.iter().cloned());
+            if let Some(event) = write.audit.as_mut() {
+                event.pointer_ids.extend(retired.iter().map(|p| p.id));
+            }
             match self.store.apply(write).await {
                 Ok(()) => return Ok(Superseded { pointer: new, superseded: retired, created: true }),
                 Err(StoreError::ConditionFailed) => continue,
@@ -282,18 +321,29 @@ impl Registry {
 
     pub async fn create(&self, caller: &Caller, draft: PointerDraft) -> Result<Registered, RegistryError> {
         let nhs = draft.nhs_number;
+        let call = Call { caller, operation: "CreatePointer" };
         let result = match policy::check_write(caller, &draft).and_then(|()| self.check_region(&draft)) {
-            Ok(()) => self.register(draft).await,
+            Ok(()) => self.register(&call, draft).await,
             Err(e) => Err(e),
         };
-        self.audited(caller, "CreatePointer", nhs, result, |r| (vec![r.pointer.id], false)).await
+        // A fresh registration was recorded with its write; a replay changed nothing and is recorded now.
+        self.audited_unless(
+            |r: &Registered| r.created,
+            caller,
+            "CreatePointer",
+            nhs,
+            result,
+            |r| (vec![r.pointer.id], false),
+        )
+        .await
     }
 
     /// Registers each entry on its own (invalid or unpermitted entries keep their error), results in
-    /// order. The batch is one call, so it is audited as one: one event per patient and outcome
-    /// (listing the pointers registered for that patient), all recorded in one store call. If the
-    /// events cannot be recorded, every entry fails with UNAVAILABLE: nothing is acknowledged
-    /// unaudited (a retry with the same producer references is safe).
+    /// order. What each patient's write registers is recorded with it (one event per write,
+    /// listing its pointers). The rest, refusals and replays, are then recorded in one store call:
+    /// one event per patient and outcome. If those cannot be recorded, every entry not registered
+    /// by this call fails with UNAVAILABLE: nothing is shown unaudited (a retry with the same
+    /// producer references is safe).
     pub async fn create_batch(
         &self,
         caller: &Caller,
@@ -304,23 +354,31 @@ impl Registry {
             .into_iter()
             .map(|d| d.and_then(|d| policy::check_write(caller, &d).and_then(|()| self.check_region(&d)).map(|()| d)))
             .collect();
-        let results = self.register_batch(checked).await;
+        let call = Call { caller, operation: "BatchCreatePointers" };
+        let results = self.register_batch(&call, checked).await;
         let events = self.batch_events(caller, &results, &patients);
         if events.is_empty() {
             return results;
         }
-        match self.audit.append_all(events).await {
+        match self.record(events).await {
             Ok(()) => results,
             Err(e) => {
-                tracing::error!(error = %e, "audit write failed; withholding the batch's answers");
+                tracing::error!(error = %e, "audit write failed; withholding the batch's unrecorded answers");
                 let refusal =
                     RegistryError::Unavailable(format!("the audit log cannot be written ({e}); nothing was returned"));
-                results.iter().map(|_| Err(refusal.clone())).collect()
+                results
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(registered) if registered.created => Ok(registered),
+                        _ => Err(refusal.clone()),
+                    })
+                    .collect()
             }
         }
     }
 
-    /// The audit events of a batch: one per (patient, outcome), in the order each first appears.
+    /// The audit events a batch still owes, for the entries its writes did not record: one per
+    /// (patient, outcome), in the order each first appears.
     fn batch_events(
         &self,
         caller: &Caller,
@@ -332,6 +390,9 @@ impl Registry {
         for (result, patient) in results.iter().zip(patients) {
             // An entry without a valid NHS number touched no patient's pointers.
             let Some(nhs) = *patient else { continue };
+            if matches!(result, Ok(registered) if registered.created) {
+                continue; // Recorded with its write.
+            }
             let outcome = result.as_ref().err().map_or("OK", RegistryError::code_name);
             let at = *position.entry((nhs, outcome)).or_insert_with(|| {
                 let mut event = self.event(caller, "BatchCreatePointers", nhs);
@@ -344,22 +405,6 @@ impl Registry {
             }
         }
         events
-    }
-
-    pub async fn get(&self, caller: &Caller, id: PointerId) -> Result<Pointer, RegistryError> {
-        let Some((pointer, restricted)) = self.store.get_for_read(id).await? else {
-            return Err(rules::not_found(id));
-        };
-        let nhs = pointer.draft.nhs_number;
-        let result = policy::read_scope(caller, restricted, []).and_then(|scope| {
-            // A pointer the caller may not see is answered exactly like one that does not exist.
-            if scope.can_see(&pointer) {
-                Ok((pointer, scope.break_glass))
-            } else {
-                Err(rules::not_found(id))
-            }
-        });
-        self.audited(caller, "GetPointer", nhs, result, |(p, glass)| (vec![p.id], *glass)).await.map(|(p, _)| p)
     }
 
     pub async fn update(
@@ -383,7 +428,7 @@ impl Registry {
         if matches!(&result, Err(RegistryError::NotFound(_))) {
             return result;
         }
-        self.audited(caller, "UpdatePointer", nhs, result, |p| (vec![p.id], false)).await
+        self.audited_unless(|_: &Pointer| true, caller, "UpdatePointer", nhs, result, |p| (vec![p.id], false)).await
     }
 
     pub async fn delete(&self, caller: &Caller, id: PointerId, version: Option<u64>) -> Result<Pointer, RegistryError> {
@@ -393,7 +438,7 @@ impl Registry {
             // Nothing of the patient's was touched (the id may not even be theirs).
             return result;
         }
-        self.audited(caller, "DeletePointer", nhs, result, |p| (vec![p.id], false)).await
+        self.audited_unless(|_: &Pointer| true, caller, "DeletePointer", nhs, result, |p| (vec![p.id], false)).await
     }
 
     pub async fn supersede(
@@ -407,9 +452,14 @@ impl Registry {
             Ok(()) => self.replace(caller, draft, old_ids).await,
             Err(e) => Err(e),
         };
-        self.audited(caller, "SupersedePointer", nhs, result, |s| {
-            (std::iter::once(s.pointer.id).chain(s.superseded.iter().map(|p| p.id)).collect(), false)
-        })
+        self.audited_unless(
+            |s: &Superseded| s.created,
+            caller,
+            "SupersedePointer",
+            nhs,
+            result,
+            |s| (std::iter::once(s.pointer.id).chain(s.superseded.iter().map(|p| p.id)).collect(), false),
+        )
         .await
     }
 }

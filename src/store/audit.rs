@@ -2,6 +2,8 @@
 //! through the storage layer. A read whose event cannot be written fails: nothing is ever shown
 //! without a record of it.
 
+pub mod codec;
+
 use crate::domain::{NhsNumber, PointerId};
 use crate::store::StoreError;
 use async_trait::async_trait;

@@ -64,6 +64,14 @@ impl MemoryStore {
 }
 
 impl Tables {
+    /// Appends an audit event to the log (and so to the export: one list serves both here).
+    fn append_event(&mut self, mut event: AuditEvent) {
+        let position = self.events.len();
+        event.cursor = Some(position.to_string());
+        self.events_by_patient.entry(event.nhs_number).or_default().push(position);
+        self.events.push(event);
+    }
+
     /// Appends a change to the feed, dropping the oldest past the retention.
     fn record(&mut self, change: Change) {
         let sequence = self.next_sequence;
@@ -175,6 +183,10 @@ impl PointerStore for MemoryStore {
         for change in changes {
             tables.record(change);
         }
+        // And its audit event, under the same lock: the write and its record are one step.
+        if let Some(event) = write.audit {
+            tables.append_event(event);
+        }
         Ok(())
     }
 
@@ -200,11 +212,8 @@ fn parse_cursor(cursor: &str) -> Option<usize> {
 impl AuditStore for MemoryStore {
     async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
         let mut tables = self.lock();
-        for mut event in events {
-            let position = tables.events.len();
-            event.cursor = Some(position.to_string());
-            tables.events_by_patient.entry(event.nhs_number).or_default().push(position);
-            tables.events.push(event);
+        for event in events {
+            tables.append_event(event);
         }
         Ok(())
     }

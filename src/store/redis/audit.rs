@@ -2,8 +2,9 @@
 //! export (a STREAM with bounded retention, read through `stream`).
 
 use super::stream::{self, stream_position};
-use super::{encoding, keys, scripts, RedisStore};
+use super::{keys, scripts, RedisStore};
 use crate::domain::NhsNumber;
+use crate::store::audit::codec;
 use crate::store::audit::{AuditEvent, AuditStore, EventPage};
 use crate::store::StoreError;
 use async_trait::async_trait;
@@ -30,7 +31,7 @@ impl AuditStore for RedisStore {
                     patients.push(event.nhs_number);
                     patients.len()
                 });
-                (log, encoding::encode_event(event))
+                (log, codec::encode(event))
             })
             .collect();
         let mut invocations = Vec::new();
@@ -90,7 +91,7 @@ impl AuditStore for RedisStore {
         let mut events = entries
             .iter()
             .zip(first..)
-            .map(|(bytes, position)| encoding::decode_event(position.to_string(), bytes))
+            .map(|(bytes, position)| codec::decode(position.to_string(), bytes))
             .collect::<Result<Vec<_>, _>>()?;
         events.reverse();
         let next_before = (first > 0).then(|| first.to_string());
@@ -98,7 +99,7 @@ impl AuditStore for RedisStore {
     }
 
     async fn events_after(&self, after: Option<String>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        self.stream_page(&stream::AUDIT_EXPORT, after.as_deref(), limit, encoding::decode_event).await
+        self.stream_page(&stream::AUDIT_EXPORT, after.as_deref(), limit, codec::decode).await
     }
 
     /// A position in the patient's list: digits that fit the i64 the page script is given.

@@ -13,7 +13,6 @@ use crate::domain::{
     Coding, Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, Pointer, PointerDraft, PointerId,
     PointerStatus, PointerType, PointerTypeCatalogue, ProducerReference, RegionCode, RetrievalMechanism, Stability,
 };
-use crate::store::audit::AuditEvent;
 use crate::store::feed::{Change, ChangeBody, ChangeKind};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
@@ -206,63 +205,6 @@ pub fn decode(
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct StoredAuditEvent {
-    #[prost(int64, tag = "1")]
-    time_ms: i64,
-    #[prost(string, tag = "2")]
-    application: String,
-    #[prost(string, tag = "3")]
-    organisation: String,
-    #[prost(string, optional, tag = "4")]
-    end_user: Option<String>,
-    #[prost(string, optional, tag = "5")]
-    purpose: Option<String>,
-    #[prost(string, tag = "6")]
-    operation: String,
-    #[prost(uint64, tag = "7")]
-    nhs_number: u64,
-    #[prost(bytes = "vec", repeated, tag = "8")]
-    pointer_ids: Vec<Vec<u8>>,
-    #[prost(string, tag = "9")]
-    outcome: String,
-    #[prost(bool, tag = "10")]
-    break_glass: bool,
-}
-
-pub fn encode_event(event: &AuditEvent) -> Vec<u8> {
-    StoredAuditEvent {
-        time_ms: event.time.timestamp_millis(),
-        application: event.application.clone(),
-        organisation: event.organisation.clone(),
-        end_user: event.end_user.clone(),
-        purpose: event.purpose.clone(),
-        operation: event.operation.clone(),
-        nhs_number: event.nhs_number.as_u64(),
-        pointer_ids: event.pointer_ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
-        outcome: event.outcome.clone(),
-        break_glass: event.break_glass,
-    }
-    .encode_to_vec()
-}
-
-pub fn decode_event(cursor: String, bytes: &[u8]) -> Result<AuditEvent, StoreError> {
-    let stored = StoredAuditEvent::decode(bytes).map_err(corrupt("audit event"))?;
-    Ok(AuditEvent {
-        cursor: Some(cursor),
-        time: millis(stored.time_ms)?,
-        application: stored.application,
-        organisation: stored.organisation,
-        end_user: stored.end_user,
-        purpose: stored.purpose,
-        operation: stored.operation,
-        nhs_number: NhsNumber::parse(&format!("{:010}", stored.nhs_number)).map_err(corrupt("audit NHS number"))?,
-        pointer_ids: stored.pointer_ids.iter().map(|b| id_from(b)).collect::<Result<_, _>>()?,
-        outcome: stored.outcome,
-        break_glass: stored.break_glass,
-    })
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
 struct StoredChange {
     #[prost(uint32, tag = "1")]
     kind: u32,
@@ -391,6 +333,7 @@ mod tests {
         }
         let p = pointer("9434765919", "QWO", "RR8", "736253002");
         let change = crate::store::feed::changes_of(&crate::store::PatientWrite {
+            audit: None,
             nhs_number: p.draft.nhs_number,
             conditions: vec![],
             deletes: vec![],

@@ -4,6 +4,7 @@
 use super::connection::Connection;
 use super::{encoding, keys, scripts, unavailable, RedisStore};
 use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec};
+use crate::store::audit::codec;
 use crate::store::feed::{changes_of, Change, ChangeBody, ChangeKind};
 use crate::store::{Condition, PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
 use async_trait::async_trait;
@@ -17,9 +18,11 @@ impl RedisStore {
     /// Runs the write script; true when applied.
     async fn run_write(&self, write: &PatientWrite) -> Result<bool, StoreError> {
         let mut invocation = scripts::APPLY.prepare_invoke();
-        invocation.key(keys::pointers(write.nhs_number));
+        invocation.key(keys::pointers(write.nhs_number)).key(keys::audit(write.nhs_number));
         if self.feed.is_some() {
-            invocation.key(keys::FEED);
+            // Standalone Redis: the feed and the export are in this node too, so the write, its
+            // feed changes and its audit event (log and export) are one atomic script.
+            invocation.key(keys::FEED).key(keys::AUDIT_EXPORT);
         }
         invocation.arg(write.conditions.len());
         for condition in &write.conditions {
@@ -68,9 +71,28 @@ impl RedisStore {
                 invocation.arg(0);
             }
         }
+        let event = write.audit.as_ref().map(codec::encode).unwrap_or_default();
+        invocation.arg(event.as_slice()).arg(self.audit_export_retention);
         let mut connection = self.connection.clone();
         let applied: i64 = self.bounded(invocation.invoke_async(&mut connection)).await?;
+        if applied == 1 && self.cluster && !event.is_empty() {
+            self.export_copy(&event).await;
+        }
         Ok(applied == 1)
+    }
+
+    /// On a cluster the export stream is in another slot than the patient, so a write's event
+    /// reaches it by a second call once the write (with the event in the patient's log) is done.
+    /// The patient's log is the record of truth; if this copy fails (an outage, a crash in
+    /// between), the export lacks the event and the failure is logged, but the write stands: it
+    /// is applied and audited, and failing it now would only invite a duplicate retry.
+    async fn export_copy(&self, event: &[u8]) {
+        let mut export = scripts::RECORD.prepare_invoke();
+        export.key(keys::AUDIT_EXPORT).arg(0).arg(self.audit_export_retention).arg(0).arg(event);
+        let mut connection = self.connection.clone();
+        if let Err(e) = self.bounded(export.invoke_async::<i64>(&mut connection)).await {
+            tracing::error!(error = %e, "a write's audit event is in the patient's log but could not be copied to the export");
+        }
     }
 
     /// Waits for replica acknowledgement of everything written so far on the connection(s) that

@@ -4,16 +4,19 @@
 use redis::Script;
 use std::sync::LazyLock;
 
-/// Applies one `PatientWrite`: all conditions, then all deletes, then all puts, or nothing.
+/// Applies one `PatientWrite`: all conditions, then all deletes, then all puts, the feed changes
+/// and the call's audit event, or nothing.
 ///
-/// KEYS: 1 = the patient's hash (pointers and reference entries); 2 = the change feed stream
-///       (standalone Redis only: on a cluster it lives in another slot and is not passed).
+/// KEYS: 1 = the patient's hash (pointers and reference entries); 2 = the patient's audit log (same
+///       slot); on standalone Redis only (on a cluster they live in other slots and are not passed):
+///       3 = the change feed stream, 4 = the audit export stream.
 /// ARGV: n, then n × (kind, a, b) conditions: `A` id (absent), `V` id version8 (at version),
 ///       `R` field (reference free); then n, then n × (id, ref-field or "") deletes; then n, then
 ///       n × (id, value, ref-field or "") puts; then n, and when n > 0 the feed's MAXLEN (exact,
 ///       so a follower's cursor is out of range exactly when the retention says) and n encoded
-///       changes to append to the feed, in the same atomic step.
-/// Returns 1 when applied, 0 when a condition failed (nothing written).
+///       changes to append to the feed; then the encoded audit event ("" for none) and the
+///       export's approximate MAXLEN: all in the same atomic step.
+/// Returns 1 when applied, 0 when a condition failed (nothing written, not even the event).
 ///
 /// Each `redis.call` costs more than the command itself, so the script makes few: one HMGET for
 /// every field that must be absent, one HSET for every put and its reference entry (pairs apply
@@ -69,8 +72,13 @@ local changes = tonumber(take())
 if changes > 0 then
   local maxlen = take()
   for _ = 1, changes do
-    redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, '*', 'e', take())
+    redis.call('XADD', KEYS[3], 'MAXLEN', maxlen, '*', 'e', take())
   end
+end
+local event, export_maxlen = take(), take()
+if event ~= '' then
+  redis.call('RPUSH', KEYS[2], event)
+  if KEYS[4] then redis.call('XADD', KEYS[4], 'MAXLEN', '~', export_maxlen, '*', 'e', event) end
 end
 return 1
 "#,

@@ -70,6 +70,9 @@ struct BuildLabels {
     revision: &'static str,
 }
 
+/// Events per group-commit batch of the audit writer.
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The metrics of one server, and the registry that renders them.
@@ -83,6 +86,9 @@ pub struct Metrics {
     store_calls: Family<StoreCallLabels, Counter>,
     store_duration: HistogramFamily<OperationLabels>,
     store_up: Gauge,
+    audit_batch_events: Histogram,
+    audit_batch_wait: Histogram,
+    audit_events_dropped: Counter,
 }
 
 impl Metrics {
@@ -126,6 +132,25 @@ impl Metrics {
             "1 while the store answers the health ping (every second), else 0: the Redis connection state",
             store_up_family,
         );
+        let audit_batch_events = Histogram::new(BATCH_BUCKETS.iter().copied());
+        registry.register(
+            "nrl_audit_batch_events",
+            "Audit events per group-commit batch: concurrent calls' events recorded in one store call",
+            audit_batch_events.clone(),
+        );
+        let audit_batch_wait = Histogram::new(STORE_BUCKETS.iter().copied());
+        registry.register_with_unit(
+            "nrl_audit_batch_wait",
+            "How long a call waited for its audit event to be recorded (queue and store call)",
+            Unit::Seconds,
+            audit_batch_wait.clone(),
+        );
+        let audit_events_dropped = Counter::default();
+        registry.register(
+            "nrl_audit_events_dropped",
+            "Audit events the memory store dropped, oldest first, past its retention (always 0 on Redis)",
+            audit_events_dropped.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -143,6 +168,9 @@ impl Metrics {
             store_calls,
             store_duration,
             store_up,
+            audit_batch_events,
+            audit_batch_wait,
+            audit_events_dropped,
         }
     }
 
@@ -181,6 +209,19 @@ impl Metrics {
         for &outcome in outcomes {
             self.store_calls.get_or_create(&StoreCallLabels { operation, outcome }).inc();
         }
+    }
+
+    /// One group-commit batch of `events`, and how long each of its callers waited.
+    pub fn audit_batch(&self, events: usize, waits: impl Iterator<Item = Duration>) {
+        self.audit_batch_events.observe(events as f64);
+        for wait in waits {
+            self.audit_batch_wait.observe(wait.as_secs_f64());
+        }
+    }
+
+    /// `n` audit events dropped past the memory store's retention.
+    pub fn audit_events_dropped(&self, n: u64) {
+        self.audit_events_dropped.inc_by(n);
     }
 
     pub fn set_store_up(&self, up: bool) {

@@ -3,6 +3,7 @@
 
 use crate::admin::AdminServer;
 use crate::api;
+use crate::api::grpc::budget::CallBudgetLayer;
 use crate::api::grpc::peer_client::GrpcRegionalFeed;
 use crate::clock::SystemClock;
 use crate::config::{ServerConfig, StoreConfig};
@@ -77,7 +78,10 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let admin = AdminServer::start(&config.admin, config.store.backend_name()).await.map_err(ServeError::Admin)?;
     // Every store call from here on goes through the metering decorators.
-    let stores = open_store(&config.store, &config.reference.pointer_types).await?.metered(admin.metrics());
+    let stores = open_store(&config.store, &config.reference.pointer_types)
+        .await?
+        .metered(admin.metrics())
+        .group_commit_audit(admin.metrics());
     let store = stores.pointers.clone();
     let backend = store.backend();
     let reference = Arc::new(config.reference.clone());
@@ -130,6 +134,7 @@ pub async fn run(
     }
     let serve = builder
         .layer(admin.rpc_layer(config.request_timeout))
+        .layer(CallBudgetLayer::new(store_budget(&config)))
         .timeout(config.request_timeout)
         .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
         .add_routes(routes)
@@ -166,6 +171,14 @@ pub async fn run(
             tracing::warn!("grace period ran out with calls still in flight; stopping anyway");
             Ok(())
         }
+    }
+}
+
+/// What one call may spend on the store: the Redis timeout, or (memory) the request timeout.
+fn store_budget(config: &ServerConfig) -> Duration {
+    match &config.store {
+        StoreConfig::Redis(redis) => redis.timeout,
+        StoreConfig::Memory => config.request_timeout,
     }
 }
 

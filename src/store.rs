@@ -12,6 +12,7 @@
 //! touches only one patient is a single atomic script, and a search is a single round trip.
 
 pub mod audit;
+pub mod budget;
 pub mod feed;
 pub mod index;
 pub mod memory;
@@ -40,6 +41,12 @@ impl Stores {
     pub fn of<S: PointerStore + AuditStore + ChangeFeed + RegionIndex>(store: S) -> Self {
         let store = Arc::new(store);
         Self { pointers: store.clone(), audit: store.clone(), feed: store.clone(), index: store }
+    }
+
+    /// The same ports, with the audit port's appends group-committed ([`audit::group_commit`]):
+    /// concurrent calls' events go to the store together. Starts the writer task.
+    pub fn group_commit_audit(self, metrics: &Arc<Metrics>) -> Self {
+        Self { audit: Arc::new(audit::group_commit::GroupCommit::start(self.audit, metrics.clone())), ..self }
     }
 
     /// The same ports, each timed and counted (see [`metered`]).

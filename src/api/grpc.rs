@@ -5,9 +5,11 @@
 //!   `admin_service` (`nrl.v1.PatientAdmin`, `nrl.v1.AuditLog`), `change_feed_service`
 //!   (`nrl.v1.ChangeFeed`, for peer nodes), `federated_locator_service` (`nrl.v1.FederatedLocator`).
 //! - `interceptor`: authenticates every call to a protected service (`auth::Authenticator`).
+//! - `budget`: opens each call's store budget (the store timeout, or the caller's deadline).
 //! - `peer_client`: the outbound side, calls to other nodes (a region's search, its change feed).
 
 mod admin_service;
+pub mod budget;
 mod change_feed_service;
 pub mod conversions;
 mod federated_locator_service;

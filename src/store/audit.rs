@@ -3,6 +3,7 @@
 //! without a record of it.
 
 pub mod codec;
+pub mod group_commit;
 
 use crate::domain::{NhsNumber, PointerId};
 use crate::store::StoreError;

@@ -31,7 +31,7 @@ pub use config::{redact, RedisConfig};
 
 use connection::{check_settings, connect, load_id_key, Connection};
 
-use super::StoreError;
+use super::{budget, StoreError};
 use crate::domain::{NhsNumber, Pointer, PointerIdCodec, PointerTypeCatalogue};
 use redis::RedisError;
 use std::future::Future;
@@ -95,10 +95,13 @@ impl RedisStore {
     }
 
     /// Runs one Redis call under the store timeout.
+    /// One Redis call, bounded by the store timeout or by what is left of the call's budget
+    /// (`store::budget`), whichever is less.
     async fn bounded<T>(&self, call: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        let limit = budget::bound(self.timeout);
+        match tokio::time::timeout(limit, call).await {
             Ok(result) => result.map_err(unavailable),
-            Err(_) => Err(StoreError::Unavailable(format!("redis did not answer within {:?}", self.timeout))),
+            Err(_) => Err(StoreError::Unavailable(format!("redis did not answer within {limit:?}"))),
         }
     }
 

@@ -6,6 +6,7 @@
 //! caller's own `authorization`, purpose of use, end user and request id (`peer_client`), so it
 //! authorises and audits the real user, not this node.
 
+use super::budget::deadline_of;
 use super::conversions as conv;
 use super::interceptor::caller_of;
 use super::peer_client::search_region;
@@ -21,7 +22,7 @@ use crate::registry::Registry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -38,21 +39,6 @@ impl FederatedLocatorService {
     pub fn new(registry: Registry, peers: Arc<Peers>) -> Self {
         Self { registry, peers }
     }
-}
-
-/// `grpc-timeout`: digits and a unit (H, M, S, m, u, n).
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 fn outcome(outcome: RegionOutcome) -> pb::RegionOutcome {
@@ -98,8 +84,7 @@ impl FederatedLocatorService {
     /// Which regions to ask: the ones the national index says hold the patient (LocatePatient,
     /// which authorises and audits the caller here), narrowed to `target_regions`.
     async fn plan(&self, caller: &Caller, request: Request<pb::FederatedSearchRequest>) -> Result<Plan, Status> {
-        let call_deadline =
-            request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+        let call_deadline = deadline_of(request.metadata().as_ref());
         let deadline = Instant::now() + fanout::budget(request.get_ref().deadline_ms, call_deadline);
         let mut forwarded = MetadataMap::new();
         for name in FORWARDED {
@@ -210,18 +195,5 @@ impl FederatedLocator for FederatedLocatorService {
             });
         }
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse() {
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_grpc_timeout("x"), None);
-        assert_eq!(parse_grpc_timeout(""), None);
     }
 }

@@ -12,8 +12,11 @@
 //! restart; they cannot tell `appendfsync always` from `everysec` or `no` (only losing the machine
 //! would). Without the AOF they fail.
 //!
-//! `hung_store`: a call against a Redis that stopped answering comes back within the store timeout.
+//! `audit_trail`: the same faults (and a hung Redis) under concurrent writers, checking that no
+//! pointer exists without the audit event of the write that made it. `hung_store`: a call against
+//! a Redis that stopped answering comes back within the store timeout.
 
+mod audit_trail;
 mod hung_store;
 
 use testkit::eventually;

@@ -125,6 +125,42 @@ impl Journal {
     pub fn last_failures(&self) -> Vec<String> {
         self.failures.iter().rev().take(3).map(Failure::describe).collect()
     }
+
+    /// Adds another writer's journal to this one, so that one [`verify`] covers several writers
+    /// (their producer_references are tagged, so none is shared).
+    pub fn absorb(&mut self, other: Journal) {
+        for (reference, sent) in other.sent {
+            let previous = self.sent.insert(reference.clone(), sent);
+            assert!(previous.is_none(), "two writers sent producer_reference {reference}: give them distinct tags");
+        }
+        self.acked.extend(other.acked);
+        self.failures.extend(other.failures);
+        self.replayed.extend(other.replayed);
+    }
+
+    /// What the writer heard of the call it sent under `reference`, in short, to count by:
+    /// `acknowledged`, `failed: CODE`, `sent, no outcome recorded` or `never sent`.
+    pub fn heard(&self, reference: &str) -> String {
+        if let Some(failure) = self.failures.iter().find(|f| f.reference == reference) {
+            return format!("failed: {:?}", failure.code);
+        }
+        let acked = self.acked.iter().any(|ack| match ack {
+            Ack::Created(p) | Ack::Deleted(p) | Ack::Superseded { new: p, .. } => p.producer_reference == reference,
+        });
+        match (acked, self.sent.contains_key(reference)) {
+            (true, _) => "acknowledged".into(),
+            (false, true) => "sent, no outcome recorded".into(),
+            (false, false) => "never sent".into(),
+        }
+    }
+
+    /// [`heard`](Self::heard), with how long a failed call took and its message.
+    pub fn outcome_of(&self, reference: &str) -> String {
+        match self.failures.iter().find(|f| f.reference == reference) {
+            Some(failure) => format!("failed after {:?}: {:?} {}", failure.elapsed, failure.code, failure.message),
+            None => self.heard(reference),
+        }
+    }
 }
 
 /// Sends one create (or, with `old`, a supersede of it) with a fresh `reference`, recording what
@@ -259,6 +295,64 @@ impl Writer {
             .expect("the writer stops within its call bound")
             .expect("the writer task panicked");
         Arc::try_unwrap(self.journal).ok().expect("writer gone").into_inner().expect("journal lock")
+    }
+}
+
+/// Several [`Writer`]s running [`CreateAndSupersede`] at once over the same patients, each with its
+/// own tag (`TAG0`, `TAG1`, ...), so that a fault meets concurrent creates and supersedes on the
+/// same patients' keys. Seen from outside as one writer with one journal.
+pub struct Writers {
+    writers: Vec<Writer>,
+}
+
+impl Writers {
+    /// `count` writers over `patients`, each starting at a different patient.
+    pub fn spawn(channel: Channel, patients: &[String], count: usize, tag: &str) -> Writers {
+        let writers = (0..count)
+            .map(|w| {
+                let mut mine = patients.to_vec();
+                mine.rotate_left(w % patients.len().max(1));
+                Writer::spawn(channel.clone(), mine, &format!("{tag}{w}"))
+            })
+            .collect();
+        Writers { writers }
+    }
+
+    /// Acknowledged writes, all writers together.
+    pub fn acked(&self) -> usize {
+        self.writers.iter().map(Writer::acked).sum()
+    }
+
+    /// Like [`Writer::failures_since`], all writers together.
+    pub fn failures_since(&self, since: Instant) -> Vec<String> {
+        self.writers.iter().flat_map(|w| w.failures_since(since)).collect()
+    }
+
+    /// Waits until all writers together have `at_least` acknowledged writes.
+    pub async fn wait_acked(&self, at_least: usize, within: Duration, what: &str) {
+        eventually(what, within, || async {
+            match self.acked() {
+                n if n >= at_least => Ok(()),
+                n => {
+                    let last: Vec<String> =
+                        self.writers.iter().flat_map(|w| w.read(Journal::last_failures)).take(3).collect();
+                    Err(format!("{n} of {at_least} writes acknowledged; last failures: {last:?}"))
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Stops every writer (all at once, each after its write in flight) and merges their journals.
+    pub async fn stop(self) -> Journal {
+        for writer in &self.writers {
+            writer.stop.store(true, Ordering::Relaxed);
+        }
+        let mut journal = Journal::default();
+        for writer in self.writers {
+            journal.absorb(writer.stop().await);
+        }
+        journal
     }
 }
 

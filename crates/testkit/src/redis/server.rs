@@ -13,6 +13,8 @@ pub struct RedisServer {
     /// Removed on drop, after the process is gone (fields drop after `Drop::drop`).
     pub(super) dir: TempDir,
     pub(super) process: Option<Watched>,
+    /// SIGSTOPped and not yet SIGCONTed.
+    frozen: bool,
 }
 
 impl RedisServer {
@@ -26,7 +28,7 @@ impl RedisServer {
         redis_server_bin();
         redis_cli_bin();
         let dir = TempDir::new(if cluster_node { "nrl-redis-node" } else { "nrl-redis-server" });
-        let mut server = RedisServer { port: 0, bus_port: None, opts, dir, process: None };
+        let mut server = RedisServer { port: 0, bus_port: None, opts, dir, process: None, frozen: false };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -82,9 +84,37 @@ impl RedisServer {
     pub fn kill9(&mut self) {
         let mut process =
             self.process.take().unwrap_or_else(|| panic!("kill9: redis-server on port {} is not running", self.port));
+        self.frozen = false;
         if let Err(error) = process.kill9_and_wait() {
             panic!("kill9 of redis-server on port {}: {error}\n{}", self.port, self.log_tail());
         }
+    }
+
+    /// SIGSTOP: redis stops answering but keeps its sockets, so the kernel still accepts
+    /// connections and buffers what clients send; it runs those commands once thawed. A hung
+    /// store, not a dead one. Panics if it is not running.
+    pub fn freeze(&mut self) {
+        self.signal("-STOP");
+        self.frozen = true;
+    }
+
+    /// SIGCONT after [`freeze`](Self::freeze).
+    pub fn thaw(&mut self) {
+        self.signal("-CONT");
+        self.frozen = false;
+    }
+
+    /// True between [`freeze`](Self::freeze) and [`thaw`](Self::thaw) (or a kill).
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    fn signal(&self, signal: &str) {
+        let process = self
+            .process
+            .as_ref()
+            .unwrap_or_else(|| panic!("signal {signal}: redis-server on port {} is not running", self.port));
+        process.signal(signal).unwrap_or_else(|error| panic!("{error}"));
     }
 
     /// Starts redis again on the same port and data dir, so an AOF (or a cluster node's
@@ -201,7 +231,12 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         // The process must be gone before the dir is removed, or redis could write into it again.
-        drop(self.process.take());
+        if let Some(process) = self.process.take() {
+            if self.frozen {
+                // SIGKILL works on a stopped process too; this just lets it go quietly.
+                let _ = process.signal("-CONT");
+            }
+        }
     }
 }
 

@@ -11,6 +11,13 @@
 //! these tests prove that a write reaches the AOF before it is acknowledged and is replayed on
 //! restart; they cannot tell `appendfsync always` from `everysec` or `no` (only losing the machine
 //! would). Without the AOF they fail.
+//!
+//! `audit_trail`: the same faults (and a hung Redis) under concurrent writers, checking that no
+//! pointer exists without the audit event of the write that made it. `hung_store`: a call against
+//! a Redis that stopped answering comes back within the store timeout.
+
+mod audit_trail;
+mod hung_store;
 
 use testkit::eventually;
 use testkit::writer::*;
@@ -188,7 +195,12 @@ async fn killing_redis_loses_no_acknowledged_write_and_the_service_recovers_by_i
 /// `nrl serve` on `port` over the Redis at `store_url`, logging to `LOGS/NAME.log`, under the
 /// harness's watchdog like every process the tests start.
 fn spawn_nrl(name: &str, port: u16, store_url: &str, logs: &TempDir) -> NrlNode {
-    let timeout = STORE_TIMEOUT.as_millis().to_string();
+    spawn_nrl_bounded(name, port, store_url, logs, STORE_TIMEOUT)
+}
+
+/// [`spawn_nrl`] with `--redis-timeout-ms` set to `store_timeout`.
+fn spawn_nrl_bounded(name: &str, port: u16, store_url: &str, logs: &TempDir, store_timeout: Duration) -> NrlNode {
+    let timeout = store_timeout.as_millis().to_string();
     let args = ["--store", store_url, "--redis-timeout-ms", &timeout, "--redis-startup-wait-secs", "5"]
         .into_iter()
         .chain(["--shutdown-grace-secs", "1"])

@@ -41,6 +41,7 @@ pub const ENV_FEDERATION: &str = "NRL_FEDERATION";
 pub const ENV_PEER_TOKEN_FILE: &str = "NRL_PEER_TOKEN_FILE";
 pub const ENV_FEED_RETENTION: &str = "NRL_FEED_RETENTION";
 pub const ENV_AUDIT_EXPORT_RETENTION: &str = "NRL_AUDIT_EXPORT_RETENTION";
+pub const ENV_MEMORY_AUDIT_RETENTION: &str = "NRL_MEMORY_AUDIT_RETENTION";
 /// Issuer and audience of development tokens (`nrl token`) unless configured otherwise.
 pub const DEFAULT_JWT_ISSUER: &str = "nrl-registry-dev";
 pub const DEFAULT_JWT_AUDIENCE: &str = "nrl-registry";
@@ -103,6 +104,11 @@ pub struct ServeArgs {
     /// stream nodes). Each patient's own access log keeps every event regardless.
     #[arg(long, env = ENV_AUDIT_EXPORT_RETENTION, default_value_t = 10_000_000)]
     pub audit_export_retention: u64,
+    /// How many audit events the memory store keeps (the newest; older ones are dropped, counted
+    /// and warned about once). The memory store is for development and tests: Redis keeps every
+    /// patient's log in full.
+    #[arg(long, env = ENV_MEMORY_AUDIT_RETENTION, default_value_t = crate::store::memory::DEFAULT_AUDIT_RETENTION)]
+    pub memory_audit_retention: usize,
     /// JWT: file holding the HS256 shared secret (at least 32 bytes). For development and tests.
     #[arg(long, env = ENV_JWT_HS256_SECRET_FILE)]
     pub jwt_hs256_secret_file: Option<PathBuf>,
@@ -188,6 +194,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub admin: AdminConfig,
+    /// Audit events the memory store keeps.
+    pub memory_audit_retention: usize,
 }
 
 impl ServerConfig {
@@ -203,6 +211,7 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(10),
             max_concurrent_streams: 256,
             admin: AdminConfig::default(),
+            memory_audit_retention: crate::store::memory::DEFAULT_AUDIT_RETENTION,
         }
     }
 }
@@ -275,6 +284,9 @@ impl TryFrom<ServeArgs> for ServerConfig {
         if args.request_timeout_ms == 0 {
             problems.push(format!("{ENV_REQUEST_TIMEOUT}: must be at least 1"));
         }
+        if args.memory_audit_retention == 0 {
+            problems.push(format!("{ENV_MEMORY_AUDIT_RETENTION}: must be at least 1"));
+        }
         if args.max_concurrent_streams == 0 {
             problems.push(format!("{ENV_STREAMS_PER_CONNECTION}: must be at least 1"));
         }
@@ -302,6 +314,7 @@ impl TryFrom<ServeArgs> for ServerConfig {
                     request_timeout: Duration::from_millis(args.request_timeout_ms),
                     max_concurrent_streams: args.max_concurrent_streams,
                     admin: AdminConfig { listen: admin_listen, ..AdminConfig::default() },
+                    memory_audit_retention: args.memory_audit_retention,
                 })
             }
             _ => Err(ConfigError(problems)),

@@ -7,9 +7,9 @@ use crate::api::grpc::budget::CallBudgetLayer;
 use crate::api::grpc::peer_client::GrpcRegionalFeed;
 use crate::clock::SystemClock;
 use crate::config::{ServerConfig, StoreConfig};
-use crate::domain::PointerTypeCatalogue;
 use crate::federation::follower;
 use crate::federation::peers::Peers;
+use crate::metrics::Metrics;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::registry::Registry;
 use crate::store::memory::MemoryStore;
@@ -50,9 +50,13 @@ pub enum ServeError {
     Admin(std::io::Error),
 }
 
-pub async fn open_store(config: &StoreConfig, catalogue: &PointerTypeCatalogue) -> Result<Stores, ServeError> {
-    match config {
-        StoreConfig::Memory => Ok(Stores::of(MemoryStore::new())),
+/// Opens the configured store; `metrics` counts what the memory store drops past its retention.
+pub async fn open_store(config: &ServerConfig, metrics: &Arc<Metrics>) -> Result<Stores, ServeError> {
+    let catalogue = &config.reference.pointer_types;
+    match &config.store {
+        StoreConfig::Memory => {
+            Ok(Stores::of(MemoryStore::with_audit_retention(config.memory_audit_retention, Some(metrics.clone()))))
+        }
         StoreConfig::Redis(redis) => {
             let store = RedisStore::connect(redis, Arc::new(catalogue.clone()))
                 .await
@@ -78,10 +82,8 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let admin = AdminServer::start(&config.admin, config.store.backend_name()).await.map_err(ServeError::Admin)?;
     // Every store call from here on goes through the metering decorators.
-    let stores = open_store(&config.store, &config.reference.pointer_types)
-        .await?
-        .metered(admin.metrics())
-        .group_commit_audit(admin.metrics());
+    let stores =
+        open_store(&config, admin.metrics()).await?.metered(admin.metrics()).group_commit_audit(admin.metrics());
     let store = stores.pointers.clone();
     let backend = store.backend();
     let reference = Arc::new(config.reference.clone());

@@ -248,3 +248,36 @@ async fn a_redis_outage_shows_as_store_down_and_not_ready_until_redis_returns() 
     assert_eq!(value(&scrape(admin).await.1, r#"nrl_store_up{backend="redis"}"#), 1.0);
     server.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn the_memory_store_keeps_its_audit_retention_and_counts_what_it_drops() {
+    let mut config = ServerConfig::for_tests();
+    config.memory_audit_retention = 10;
+    let (server, admin) = start_with(config).await;
+    let mut registry = server.registry();
+    let patient = new_patient();
+    registry
+        .create_pointer(pb::CreatePointerRequest { pointer: Some(input(&patient, "QWO", "RR8", CRISIS_PLAN)) })
+        .await
+        .expect("create");
+    for _ in 0..25 {
+        let request =
+            pb::SearchPointersRequest { query: Some(testkit::fixtures::query(&patient)), ..Default::default() };
+        registry.search_pointers(request).await.expect("search");
+    }
+    // Group-committed reads are counted by batch; every search's event was recorded before it
+    // was answered, then the oldest went past the retention.
+    let mut audit = nrl_registry::proto::nrl::v1::audit_log_client::AuditLogClient::new(server.channel.clone());
+    let log = audit
+        .get_access_log(pb::GetAccessLogRequest { nhs_number: patient.clone(), page_size: 100, ..Default::default() })
+        .await
+        .expect("access log")
+        .into_inner();
+    assert_eq!(log.events.len(), 10, "the newest 10 are kept: {:?}", log.events);
+    let (text, series) = scrape(admin).await;
+    // 1 create + 25 searches + the access-log read itself = 27 events, 10 kept.
+    assert_eq!(value(&series, "nrl_audit_events_dropped_total"), 17.0, "{text}");
+    assert!(value(&series, "nrl_audit_batch_events_count") >= 1.0, "{text}");
+    assert!(value(&series, "nrl_audit_batch_wait_seconds_count") >= 25.0, "{text}");
+    server.stop().await.expect("stop");
+}

@@ -1,24 +1,28 @@
-//! The embedded in-memory store: the default, so `cargo run` needs nothing else. Nothing survives
-//! a restart; use Redis for anything real.
+//! The embedded in-memory store: the default, so `cargo run` needs nothing else. It is for
+//! development, tests and demos: nothing survives a restart, and its audit log keeps only the
+//! newest events (`audit_log`). Use Redis for anything real.
+
+mod audit_log;
+
+pub use audit_log::DEFAULT_RETENTION as DEFAULT_AUDIT_RETENTION;
 
 use super::audit::{AuditEvent, AuditStore, EventPage};
 use super::feed::{changes_of, cursor_out_of_range, Change, ChangeFeed, SnapshotPage};
 use super::index::{IndexEntry, IndexUpdate, RegionIndex};
 use super::{Condition, PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
 use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec, RegionCode};
+use crate::metrics::Metrics;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-#[derive(Default)]
 struct Tables {
     by_patient: HashMap<NhsNumber, HashMap<PointerId, Pointer>>,
     patient_of: HashMap<PointerId, NhsNumber>,
     by_reference: HashMap<ReferenceKey, PointerId>,
     restricted: HashSet<NhsNumber>,
-    /// The audit log, append-only; an event's cursor is its position.
-    events: Vec<AuditEvent>,
-    events_by_patient: HashMap<NhsNumber, Vec<usize>>,
+    /// The audit log, bounded; an event's cursor is its position.
+    audit: audit_log::AuditLog,
     /// The change feed: (sequence, change), oldest first, at most `FEED_RETENTION` long.
     feed: VecDeque<(u64, Change)>,
     next_sequence: u64,
@@ -49,10 +53,27 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store. Its id key is random: ids, like the data, die with the process.
+    /// An empty store keeping the default number of audit events. Its id key is random: ids, like
+    /// the data, die with the process.
     pub fn new() -> Self {
-        // Sequences start at 1, so `EPOCH-0` is the cursor before every change.
-        let tables = Tables { next_sequence: 1, ..Tables::default() };
+        Self::with_audit_retention(DEFAULT_AUDIT_RETENTION, None)
+    }
+
+    /// An empty store keeping the newest `retention` audit events, counting drops in `metrics`.
+    pub fn with_audit_retention(retention: usize, metrics: Option<Arc<Metrics>>) -> Self {
+        let tables = Tables {
+            by_patient: HashMap::new(),
+            patient_of: HashMap::new(),
+            by_reference: HashMap::new(),
+            restricted: HashSet::new(),
+            audit: audit_log::AuditLog::new(retention, metrics),
+            feed: VecDeque::new(),
+            // Sequences start at 1, so `EPOCH-0` is the cursor before every change.
+            next_sequence: 1,
+            index: HashMap::new(),
+            region_restrictions: HashMap::new(),
+            cursors: HashMap::new(),
+        };
         Self { tables: Mutex::new(tables), ids: PointerIdCodec::random(), epoch: rand::random() }
     }
 
@@ -65,11 +86,8 @@ impl MemoryStore {
 
 impl Tables {
     /// Appends an audit event to the log (and so to the export: one list serves both here).
-    fn append_event(&mut self, mut event: AuditEvent) {
-        let position = self.events.len();
-        event.cursor = Some(position.to_string());
-        self.events_by_patient.entry(event.nhs_number).or_default().push(position);
-        self.events.push(event);
+    fn append_event(&mut self, event: AuditEvent) {
+        self.audit.append(&event);
     }
 
     /// Appends a change to the feed, dropping the oldest past the retention.
@@ -204,7 +222,7 @@ impl PointerStore for MemoryStore {
 }
 
 /// A position: digits only (`usize`'s parser would also take a leading `+`).
-fn parse_cursor(cursor: &str) -> Option<usize> {
+fn parse_cursor(cursor: &str) -> Option<u64> {
     cursor.bytes().all(|b| b.is_ascii_digit()).then(|| cursor.parse().ok()).flatten()
 }
 
@@ -224,20 +242,11 @@ impl AuditStore for MemoryStore {
         before: Option<String>,
         limit: usize,
     ) -> Result<EventPage, StoreError> {
-        let tables = self.lock();
-        let before = before.as_deref().and_then(parse_cursor).unwrap_or(usize::MAX);
-        let positions = tables.events_by_patient.get(&nhs_number).map(Vec::as_slice).unwrap_or_default();
-        let mut older = positions.iter().rev().filter(|p| **p < before);
-        let events: Vec<AuditEvent> = older.by_ref().take(limit).map(|p| tables.events[*p].clone()).collect();
-        let more = older.next().is_some();
-        let next_before = if more { events.last().and_then(|e| e.cursor.clone()) } else { None };
-        Ok(EventPage { events, next_before })
+        self.lock().audit.patient_events(nhs_number, before.as_deref().and_then(parse_cursor), limit)
     }
 
     async fn events_after(&self, after: Option<String>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let tables = self.lock();
-        let start = after.as_deref().and_then(parse_cursor).map_or(0, |p| p + 1);
-        Ok(tables.events.iter().skip(start).take(limit).cloned().collect())
+        self.lock().audit.events_after(after.as_deref().and_then(parse_cursor), limit)
     }
 
     /// One position space serves both: an event's index in the store's single event list.

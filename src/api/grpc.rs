@@ -6,13 +6,17 @@
 //!   (`nrl.v1.ChangeFeed`, for peer nodes), `federated_locator_service` (`nrl.v1.FederatedLocator`).
 //! - `interceptor`: authenticates every call to a protected service (`auth::Authenticator`).
 //! - `budget`: opens each call's store budget (the store timeout, or the caller's deadline).
+//! - `codec` and `framing`: a request that is not one well-framed, decodable message of its type
+//!   is INVALID_ARGUMENT naming the type, before any handler runs.
 //! - `peer_client`: the outbound side, calls to other nodes (a region's search, its change feed).
 
 mod admin_service;
 pub mod budget;
 mod change_feed_service;
+pub mod codec;
 pub mod conversions;
 mod federated_locator_service;
+mod framing;
 pub mod interceptor;
 mod locator_service;
 pub mod peer_client;
@@ -35,42 +39,48 @@ use crate::proto::nrl::v1::patient_admin_server::PatientAdminServer;
 use crate::proto::nrl::v1::pointer_registry_server::PointerRegistryServer;
 use crate::proto::nrl::v1::record_locator_server::RecordLocatorServer;
 use crate::registry::Registry;
+use framing::CheckedFraming;
 use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
 /// Adds every `nrl.v1` service to `routes`, each behind authentication (health and reflection,
-/// which reveal nothing about patients, are the server's and stay open for probes and tooling).
+/// which reveal nothing about patients, are the server's and stay open for probes and tooling),
+/// and each with its requests' framing checked once the caller is authenticated.
 /// `peers` are the regional nodes a national node fans out to (none on any other node).
 pub fn add_services(routes: Routes, registry: &Registry, peers: Arc<Peers>, authenticator: Authenticator) -> Routes {
     let authenticate = interceptor::interceptor(authenticator);
     routes
         .add_service(InterceptedService::new(
-            PointerRegistryServer::new(PointerRegistryService::new(registry.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            CheckedFraming::new(
+                PointerRegistryServer::new(PointerRegistryService::new(registry.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            ),
             authenticate.clone(),
         ))
         .add_service(InterceptedService::new(
-            RecordLocatorServer::new(RecordLocatorService::new(registry.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            CheckedFraming::new(
+                RecordLocatorServer::new(RecordLocatorService::new(registry.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            ),
             authenticate.clone(),
         ))
         .add_service(InterceptedService::new(
-            PatientAdminServer::new(PatientAdminService::new(registry.clone())),
+            CheckedFraming::new(PatientAdminServer::new(PatientAdminService::new(registry.clone()))),
             authenticate.clone(),
         ))
         .add_service(InterceptedService::new(
-            AuditLogServer::new(AuditLogService::new(registry.clone())),
+            CheckedFraming::new(AuditLogServer::new(AuditLogService::new(registry.clone()))),
             authenticate.clone(),
         ))
         .add_service(InterceptedService::new(
-            ChangeFeedServer::new(ChangeFeedService::new(registry.clone())),
+            CheckedFraming::new(ChangeFeedServer::new(ChangeFeedService::new(registry.clone()))),
             authenticate.clone(),
         ))
         .add_service(InterceptedService::new(
-            FederatedLocatorServer::new(FederatedLocatorService::new(registry.clone(), peers)),
+            CheckedFraming::new(FederatedLocatorServer::new(FederatedLocatorService::new(registry.clone(), peers))),
             authenticate,
         ))
 }

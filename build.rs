@@ -13,7 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out.join("nrl_descriptor.bin"), fds.encode_to_vec())?;
+    // Reflection serves google.rpc's error details too (`proto/google/rpc/`, vendored unchanged from
+    // googleapis), so that a tool can decode the BadRequest and PreconditionFailure an error
+    // carries. Reflection only: their Rust types are tonic-types'.
+    let error_details = ["google/rpc/error_details.proto", "google/rpc/status.proto"];
+    let served = protox::compile(protos.iter().chain(&error_details), ["proto"])?;
+    fs::write(out.join("nrl_descriptor.bin"), served.encode_to_vec())?;
 
     // Two passes, because a request that does not decode is the caller's fault (INVALID_ARGUMENT)
     // while a response that does not decode is not: the servers decode with

@@ -1,7 +1,8 @@
 //! The access audit over a real socket, against the memory store and a real Redis: exactly one event
 //! per operation with who, why, what and the outcome; break-glass flagged only when a restricted
 //! patient's pointers were shown; the access log newest first and paged; the export stream in
-//! order, resumable and following; and a failed audit write failing the read (Redis).
+//! order, resumable and following, its cursors the one kind of cursor an event carries; and a failed
+//! audit write failing the read (Redis).
 
 use nrl_registry::config::StoreConfig;
 use nrl_registry::proto::nrl::v1 as pb;
@@ -374,4 +375,5 @@ on_every_backend!(own_environment; [
     scenarios::break_glass_is_flagged_only_when_a_restricted_patients_pointers_are_shown,
     scenarios::access_log_is_newest_first_pages_exactly_once_and_is_itself_recorded,
     scenarios::export_streams_every_event_in_order_resumes_and_follows,
+    scenarios::an_event_cursor_is_an_export_position_on_every_backend,
 ]);

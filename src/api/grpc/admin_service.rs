@@ -8,6 +8,8 @@ use crate::proto::nrl::v1::audit_log_server::AuditLog;
 use crate::proto::nrl::v1::patient_admin_server::PatientAdmin;
 use crate::registry::Registry;
 use crate::store::audit::AuditEvent;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio_stream::Stream;
@@ -56,9 +58,14 @@ impl AuditLogService {
     }
 }
 
-fn event(e: &AuditEvent) -> pb::AuditEvent {
+/// An event as the API shows it. `cursor` means one thing on every backend: the event's position in
+/// the export, which StreamAuditEvents takes as `after`. So only the export's events carry one: an
+/// event read from a patient's log does not know its export position (on Redis the log and the
+/// export are apart, on a cluster in different slots), and a log position passed as `after` would
+/// be refused on Redis and mean something else in memory.
+fn event(e: &AuditEvent, from_export: bool) -> pb::AuditEvent {
     pb::AuditEvent {
-        cursor: e.cursor.clone().unwrap_or_default(),
+        cursor: if from_export { e.cursor.clone().unwrap_or_default() } else { String::new() },
         time: Some(conv::to_timestamp(e.time)),
         application: e.application.clone(),
         organisation: e.organisation.clone(),
@@ -70,6 +77,26 @@ fn event(e: &AuditEvent) -> pb::AuditEvent {
         outcome: e.outcome.clone(),
         break_glass: e.break_glass,
     }
+}
+
+/// What every access-log page token starts with, once decoded: it tells a page token from an export
+/// cursor on every backend, so a token passed as `after` is refused everywhere.
+const PAGE_TOKEN_PREFIX: &str = "log:";
+
+/// The opaque page token for a store's log position.
+fn page_token(position: String) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{position}"))
+}
+
+/// The store's log position in a page token; a bare position (the token of earlier versions) is
+/// still accepted.
+fn log_position(token: &str) -> String {
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix(PAGE_TOKEN_PREFIX).map(str::to_string))
+        .unwrap_or_else(|| token.to_string())
 }
 
 /// How often a following export stream looks for new events.
@@ -92,15 +119,15 @@ impl AuditLog for AuditLogService {
             n if n < 0 => return Err(RegistryError::invalid("page_size", "must not be negative").into()),
             n => n as usize,
         };
-        let before = match req.page_token.as_str() {
+        let before = match log_position(&req.page_token).as_str() {
             "" => None,
-            token if self.registry.audit_store().valid_log_cursor(token) => Some(token.to_string()),
+            position if self.registry.audit_store().valid_log_cursor(position) => Some(position.to_string()),
             _ => return Err(RegistryError::invalid("page_token", "is not a page token from this service").into()),
         };
         let page = self.registry.access_log(&caller, nhs, before, size).await?;
         Ok(Response::new(pb::GetAccessLogResponse {
-            events: page.events.iter().map(event).collect(),
-            next_page_token: page.next_before.unwrap_or_default(),
+            events: page.events.iter().map(|e| event(e, false)).collect(),
+            next_page_token: page.next_before.map(page_token).unwrap_or_default(),
         }))
     }
 
@@ -115,7 +142,14 @@ impl AuditLog for AuditLogService {
         let mut after = match req.after.as_str() {
             "" => None,
             cursor if self.registry.audit_store().valid_export_cursor(cursor) => Some(cursor.to_string()),
-            _ => return Err(RegistryError::invalid("after", "is not a cursor from this service").into()),
+            _ => {
+                return Err(RegistryError::invalid(
+                    "after",
+                    "is not an export cursor from this service: use the cursor of an event StreamAuditEvents sent \
+                     (GetAccessLog's events have none, and its page tokens are not cursors)",
+                )
+                .into())
+            }
         };
         // Check permission before the stream starts, so a refusal is a status, not a broken stream.
         let first = self.registry.audit_events(&caller, after.clone(), EXPORT_BATCH).await?;
@@ -128,7 +162,7 @@ impl AuditLog for AuditLogService {
                 let full = batch.len() == EXPORT_BATCH;
                 for e in &batch {
                     after = e.cursor.clone().or(after);
-                    if sender.send(Ok(event(e))).await.is_err() {
+                    if sender.send(Ok(event(e, true))).await.is_err() {
                         return; // The client went away.
                     }
                 }

@@ -405,6 +405,23 @@ fn server_errors_print_the_code_and_exit_1() {
     let unknown = server.nrl(&["get", "01a1fc10-2c56-76a5-b751-7db6f4987a30"]);
     assert_eq!(unknown.code, Some(1), "{unknown:#?}");
     assert!(unknown.stderr.starts_with("nrl get: NOT_FOUND: "), "{unknown:#?}");
+    // An ODS suffix of two characters: the message says it is the suffix, and what it must be.
+    let dir = scratch("ods-suffix");
+    let file = write(
+        &dir,
+        "suffix.json",
+        &pointer_file("DOC-S", "https://x.example.nhs.uk/1")
+            .replace(r#""custodian": "RR8""#, r#""custodian": "RR8.X1""#),
+    );
+    let suffix = server.nrl(&["create", &file]);
+    assert_eq!(suffix.code, Some(1), "{suffix:#?}");
+    assert!(
+        suffix.stderr.starts_with(
+            "nrl create: INVALID_ARGUMENT: pointer.custodian: the .SUFFIX after the organisation code must also be 3 \
+             to 12 letters or digits"
+        ),
+        "{suffix:#?}"
+    );
 }
 
 #[test]

@@ -44,6 +44,14 @@ use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
+/// The largest answer PointerRegistry sends. A page of 500 pointers at every size limit (ten
+/// renditions with 2,048-character urls) is about 11 MB and a BatchCreatePointers answer repeats
+/// its up-to-4-MiB request with ids and timestamps added, so answers may pass the 4 MiB a request
+/// may weigh. Below this, the server sends what it was asked for (it used to fail such a page with
+/// OUT_OF_RANGE after recording the read); a client asking for pages that large raises its receive
+/// limit to this (README, The API).
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Adds every `nrl.v1` service to `routes`, each behind authentication (health and reflection,
 /// which reveal nothing about patients, are the server's and stay open for probes and tooling),
 /// and each with its requests' framing checked once the caller is authenticated.
@@ -55,7 +63,7 @@ pub fn add_services(routes: Routes, registry: &Registry, peers: Arc<Peers>, auth
             CheckedFraming::new(
                 PointerRegistryServer::new(PointerRegistryService::new(registry.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                    .max_encoding_message_size(MAX_RESPONSE_BYTES),
             ),
             authenticate.clone(),
         ))
@@ -63,7 +71,7 @@ pub fn add_services(routes: Routes, registry: &Registry, peers: Arc<Peers>, auth
             CheckedFraming::new(
                 RecordLocatorServer::new(RecordLocatorService::new(registry.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                    .max_encoding_message_size(MAX_RESPONSE_BYTES),
             ),
             authenticate.clone(),
         ))

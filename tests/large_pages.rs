@@ -1,16 +1,20 @@
 //! Pages of large pointers, over a real socket: a SearchPointers page holds what was asked for,
 //! whatever its size up to `MAX_RESPONSE_BYTES`, and a client asking for pages of 500 pointers at
 //! every size limit must raise its receive limit above the 4 MiB gRPC clients accept by default
-//! (README, The API). Figures: printed by the test.
+//! (README, The API); a national node's ask of a region takes them. Figures: printed by the test.
 
+use nrl_registry::api::grpc::peer_client::search_region;
 use nrl_registry::api::grpc::MAX_RESPONSE_BYTES;
 use nrl_registry::config::StoreConfig;
 use nrl_registry::domain::limits::{MAX_CONTENT, MAX_DISPLAY_LEN, MAX_MESSAGE_BYTES, MAX_PAGE_SIZE, MAX_URL_LEN};
+use nrl_registry::domain::RegionDirectory;
+use nrl_registry::federation::peers::Peers;
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
 use prost::Message;
 use testkit::fixtures::{content, input, new_patient, query};
 use testkit::TestServer;
+use tonic::metadata::MetadataMap;
 
 /// A pointer at the size limits: every rendition, each url as long as allowed.
 fn largest(patient: &str, n: usize) -> pb::PointerInput {
@@ -62,5 +66,13 @@ async fn a_page_of_500_of_the_largest_pointers_is_sent_and_needs_a_raised_client
     let small = registry.search_pointers(search(fits)).await.expect("a page under 4 MiB").into_inner();
     println!("a default client takes pages of up to {fits} of them");
     assert_eq!(small.pointers.len(), fits as usize);
+
+    // A national node's ask of a region (FederatedSearch) takes such pages too.
+    let peers = Peers::from_directory(&RegionDirectory::default_directory(), None);
+    let qwo = RegionDirectory::default_directory().parse_code("QWO").expect("QWO");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let url = format!("http://{}", server.addr);
+    let asked = search_region(&peers, &url, &qwo, &query(&patient), &MetadataMap::new(), deadline).await;
+    assert_eq!(asked.map(|pointers| pointers.len()).map_err(|e| e.to_string()), Ok(500));
     server.stop().await.expect("stop");
 }

@@ -6,6 +6,7 @@
 //!   (`nrl.v1.ChangeFeed`, for peer nodes), `federated_locator_service` (`nrl.v1.FederatedLocator`).
 //! - `interceptor`: authenticates every call to a protected service (`auth::Authenticator`).
 //! - `budget`: opens each call's store budget (the store timeout, or the caller's deadline).
+//! - `validation`: hands the registry each request that fails validation, to record as a refusal.
 //! - `peer_client`: the outbound side, calls to other nodes (a region's search, its change feed).
 
 mod admin_service;
@@ -18,6 +19,7 @@ mod locator_service;
 pub mod peer_client;
 mod registry_service;
 pub mod status;
+mod validation;
 
 pub use admin_service::{AuditLogService, PatientAdminService};
 pub use change_feed_service::ChangeFeedService;

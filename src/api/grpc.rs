@@ -8,6 +8,7 @@
 //! - `budget`: opens each call's store budget (the store timeout, or the caller's deadline).
 //! - `codec` and `framing`: a request that is not one well-framed, decodable message of its type
 //!   is INVALID_ARGUMENT naming the type, before any handler runs.
+//! - `validation`: hands the registry each request that fails validation, to record as a refusal.
 //! - `peer_client`: the outbound side, calls to other nodes (a region's search, its change feed).
 
 mod admin_service;
@@ -22,6 +23,7 @@ mod locator_service;
 pub mod peer_client;
 mod registry_service;
 pub mod status;
+mod validation;
 
 pub use admin_service::{AuditLogService, PatientAdminService};
 pub use change_feed_service::ChangeFeedService;

@@ -2,6 +2,7 @@
 
 use super::conversions as conv;
 use super::interceptor::caller_of;
+use super::validation::recorded;
 use crate::error::RegistryError;
 use crate::proto::nrl::v1 as pb;
 use crate::proto::nrl::v1::audit_log_server::AuditLog;
@@ -32,7 +33,8 @@ impl PatientAdmin for PatientAdminService {
         request: Request<pb::SetRestrictionRequest>,
     ) -> Result<Response<pb::SetRestrictionResponse>, Status> {
         let caller = caller_of(&request)?;
-        let nhs = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number")?;
+        let nhs = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number");
+        let nhs = recorded(&self.registry, &caller, "SetRestriction", nhs).await?;
         let restricted = self.registry.set_restriction(&caller, nhs, request.get_ref().restricted).await?;
         Ok(Response::new(pb::SetRestrictionResponse { nhs_number: nhs.to_string(), restricted }))
     }
@@ -42,7 +44,8 @@ impl PatientAdmin for PatientAdminService {
         request: Request<pb::GetRestrictionRequest>,
     ) -> Result<Response<pb::GetRestrictionResponse>, Status> {
         let caller = caller_of(&request)?;
-        let nhs = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number")?;
+        let nhs = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number");
+        let nhs = recorded(&self.registry, &caller, "GetRestriction", nhs).await?;
         let restricted = self.registry.restriction(&caller, nhs).await?;
         Ok(Response::new(pb::GetRestrictionResponse { nhs_number: nhs.to_string(), restricted }))
     }
@@ -72,7 +75,8 @@ fn event(e: &AuditEvent, from_export: bool) -> pb::AuditEvent {
         end_user: e.end_user.clone().unwrap_or_default(),
         purpose: e.purpose.clone().unwrap_or_default(),
         operation: e.operation.clone(),
-        nhs_number: e.nhs_number.to_string(),
+        // Empty when the call named no valid patient (an export-only event of an invalid request).
+        nhs_number: e.nhs_number.map(|n| n.to_string()).unwrap_or_default(),
         pointer_ids: e.pointer_ids.iter().map(ToString::to_string).collect(),
         outcome: e.outcome.clone(),
         break_glass: e.break_glass,
@@ -113,17 +117,20 @@ impl AuditLog for AuditLogService {
     ) -> Result<Response<pb::GetAccessLogResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.get_ref();
-        let nhs = conv::nhs_number(&req.nhs_number, "nhs_number")?;
-        let size = match req.page_size {
-            0 => 50,
-            n if n < 0 => return Err(RegistryError::invalid("page_size", "must not be negative").into()),
-            n => n as usize,
-        };
-        let before = match log_position(&req.page_token).as_str() {
-            "" => None,
-            position if self.registry.audit_store().valid_log_cursor(position) => Some(position.to_string()),
-            _ => return Err(RegistryError::invalid("page_token", "is not a page token from this service").into()),
-        };
+        let parsed = conv::nhs_number(&req.nhs_number, "nhs_number").and_then(|nhs| {
+            let size = match req.page_size {
+                0 => 50,
+                n if n < 0 => return Err(RegistryError::invalid("page_size", "must not be negative")),
+                n => n as usize,
+            };
+            let before = match log_position(&req.page_token).as_str() {
+                "" => None,
+                position if self.registry.audit_store().valid_log_cursor(position) => Some(position.to_string()),
+                _ => return Err(RegistryError::invalid("page_token", "is not a page token from this service")),
+            };
+            Ok((nhs, size, before))
+        });
+        let (nhs, size, before) = recorded(&self.registry, &caller, "GetAccessLog", parsed).await?;
         let page = self.registry.access_log(&caller, nhs, before, size).await?;
         Ok(Response::new(pb::GetAccessLogResponse {
             events: page.events.iter().map(|e| event(e, false)).collect(),
@@ -139,18 +146,16 @@ impl AuditLog for AuditLogService {
     ) -> Result<Response<Self::StreamAuditEventsStream>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let mut after = match req.after.as_str() {
-            "" => None,
-            cursor if self.registry.audit_store().valid_export_cursor(cursor) => Some(cursor.to_string()),
-            _ => {
-                return Err(RegistryError::invalid(
-                    "after",
-                    "is not an export cursor from this service: use the cursor of an event StreamAuditEvents sent \
-                     (GetAccessLog's events have none, and its page tokens are not cursors)",
-                )
-                .into())
-            }
+        let after = match req.after.as_str() {
+            "" => Ok(None),
+            cursor if self.registry.audit_store().valid_export_cursor(cursor) => Ok(Some(cursor.to_string())),
+            _ => Err(RegistryError::invalid(
+                "after",
+                "is not an export cursor from this service: use the cursor of an event StreamAuditEvents sent \
+                 (GetAccessLog's events have none, and its page tokens are not cursors)",
+            )),
         };
+        let mut after = recorded(&self.registry, &caller, "StreamAuditEvents", after).await?;
         // Check permission before the stream starts, so a refusal is a status, not a broken stream.
         let first = self.registry.audit_events(&caller, after.clone(), EXPORT_BATCH).await?;
         let registry = self.registry.clone();

@@ -7,6 +7,7 @@ use crate::auth::mtls::ClientDirectory;
 use crate::auth::Authenticator;
 use crate::domain::ReferenceData;
 use crate::domain::{PointerTypeCatalogue, RegionCode, RegionDirectory};
+use crate::limits::{self, ConnectionLimits, LimitsConfig};
 use crate::store::redis::RedisConfig;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -42,6 +43,17 @@ pub const ENV_PEER_TOKEN_FILE: &str = "NRL_PEER_TOKEN_FILE";
 pub const ENV_FEED_RETENTION: &str = "NRL_FEED_RETENTION";
 pub const ENV_AUDIT_EXPORT_RETENTION: &str = "NRL_AUDIT_EXPORT_RETENTION";
 pub const ENV_MEMORY_AUDIT_RETENTION: &str = "NRL_MEMORY_AUDIT_RETENTION";
+pub const ENV_MAX_CONNECTIONS: &str = "NRL_MAX_CONNECTIONS";
+pub const ENV_ADMIN_MAX_CONNECTIONS: &str = "NRL_ADMIN_MAX_CONNECTIONS";
+pub const ENV_HANDSHAKE_TIMEOUT: &str = "NRL_HANDSHAKE_TIMEOUT_MS";
+pub const ENV_IDLE_TIMEOUT: &str = "NRL_IDLE_TIMEOUT_MS";
+pub const ENV_KEEPALIVE_INTERVAL: &str = "NRL_KEEPALIVE_INTERVAL_MS";
+pub const ENV_KEEPALIVE_TIMEOUT: &str = "NRL_KEEPALIVE_TIMEOUT_MS";
+pub const ENV_MAX_IN_FLIGHT: &str = "NRL_MAX_IN_FLIGHT";
+pub const ENV_MAX_METADATA_BYTES: &str = "NRL_MAX_METADATA_BYTES";
+pub const ENV_MAX_HEADER_LIST_BYTES: &str = "NRL_MAX_HEADER_LIST_BYTES";
+/// The smallest metadata limit allowed: an ordinary call's own headers take a few hundred bytes.
+const MIN_METADATA_BYTES: usize = 1024;
 /// Issuer and audience of development tokens (`nrl token`) unless configured otherwise.
 pub const DEFAULT_JWT_ISSUER: &str = "nrl-registry-dev";
 pub const DEFAULT_JWT_AUDIENCE: &str = "nrl-registry";
@@ -69,9 +81,43 @@ pub struct ServeArgs {
     /// Per-request timeout in milliseconds (DEADLINE_EXCEEDED after it).
     #[arg(long, env = ENV_REQUEST_TIMEOUT, default_value_t = 10_000)]
     pub request_timeout_ms: u64,
-    /// Concurrent calls allowed on one client connection.
+    /// Concurrent calls allowed on one client connection, advertised to clients as HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (a client queues its own excess; the server queues nothing).
     #[arg(long, env = ENV_STREAMS_PER_CONNECTION, default_value_t = 256)]
     pub max_concurrent_streams: u32,
+    /// Calls in flight at once across all connections; the excess is refused at once with
+    /// RESOURCE_EXHAUSTED and a retry hint (grpc.health.v1 is not counted).
+    #[arg(long, env = ENV_MAX_IN_FLIGHT, default_value_t = limits::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// gRPC connections open at once. At the cap a new connection replaces the longest-idle one, or
+    /// is closed if none is idle. Lowered to fit the process's open-file limit.
+    #[arg(long, env = ENV_MAX_CONNECTIONS, default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Admin listener connections open at once, kept apart from the gRPC ones.
+    #[arg(long, env = ENV_ADMIN_MAX_CONNECTIONS, default_value_t = limits::DEFAULT_ADMIN_MAX_CONNECTIONS)]
+    pub admin_max_connections: usize,
+    /// A connection that has not sent its first call's headers this long after connecting (TLS and
+    /// HTTP/2 setup included) is closed. On the admin listener, also the idle and request limit.
+    #[arg(long, env = ENV_HANDSHAKE_TIMEOUT, default_value_t = limits::DEFAULT_HANDSHAKE_TIMEOUT_MS)]
+    pub handshake_timeout_ms: u64,
+    /// A gRPC connection with no call in flight for this long is closed.
+    #[arg(long, env = ENV_IDLE_TIMEOUT, default_value_t = limits::DEFAULT_IDLE_TIMEOUT_MS)]
+    pub idle_timeout_ms: u64,
+    /// HTTP/2 PING interval on every gRPC connection...
+    #[arg(long, env = ENV_KEEPALIVE_INTERVAL, default_value_t = limits::DEFAULT_KEEPALIVE_INTERVAL_MS)]
+    pub keepalive_interval_ms: u64,
+    /// ...and how long its answer may take before the connection is closed.
+    #[arg(long, env = ENV_KEEPALIVE_TIMEOUT, default_value_t = limits::DEFAULT_KEEPALIVE_TIMEOUT_MS)]
+    pub keepalive_timeout_ms: u64,
+    /// Request metadata one call may carry (names + values + 32 per entry, as HTTP/2 counts).
+    /// Over it, the call is answered UNAUTHENTICATED (if `authorization` is the largest entry) or
+    /// INVALID_ARGUMENT naming the largest entry.
+    #[arg(long, env = ENV_MAX_METADATA_BYTES, default_value_t = limits::DEFAULT_MAX_METADATA_BYTES)]
+    pub max_metadata_bytes: usize,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: the headers the transport takes at all. Over it, HTTP/2
+    /// itself answers (HTTP 431, or GOAWAY for a header block far over it).
+    #[arg(long, env = ENV_MAX_HEADER_LIST_BYTES, default_value_t = limits::DEFAULT_MAX_HEADER_LIST_BYTES)]
+    pub max_header_list_bytes: u32,
     /// Redis: every store call fails with UNAVAILABLE after this many milliseconds.
     #[arg(long, env = ENV_REDIS_TIMEOUT, default_value_t = 1000)]
     pub redis_timeout_ms: u64,
@@ -193,6 +239,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub request_timeout: Duration,
     pub max_concurrent_streams: u32,
+    /// Connections, in-flight calls, timeouts and header sizes of the gRPC listener.
+    pub limits: LimitsConfig,
     pub admin: AdminConfig,
     /// Audit events the memory store keeps.
     pub memory_audit_retention: usize,
@@ -210,6 +258,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             max_concurrent_streams: 256,
+            limits: LimitsConfig::default(),
             admin: AdminConfig::default(),
             memory_audit_retention: crate::store::memory::DEFAULT_AUDIT_RETENTION,
         }
@@ -290,6 +339,7 @@ impl TryFrom<ServeArgs> for ServerConfig {
         if args.max_concurrent_streams == 0 {
             problems.push(format!("{ENV_STREAMS_PER_CONNECTION}: must be at least 1"));
         }
+        let limits = limits_config(&args).map_err(|e| problems.extend(e)).ok();
         let admin_listen = AdminConfig::parse_listen(&args.admin_listen)
             .map_err(|e| format!("{ENV_ADMIN_LISTEN}={:?}: {e}", args.admin_listen))
             .and_then(|admin| match admin {
@@ -302,8 +352,10 @@ impl TryFrom<ServeArgs> for ServerConfig {
             .unwrap_or_default();
         let node =
             regions.as_ref().and_then(|directory| node_config(&args, directory).map_err(|e| problems.extend(e)).ok());
-        match (store, regions, pointer_types, auth, node) {
-            (Some(store), Some(regions), Some(pointer_types), Some(auth), Some(node)) if problems.is_empty() => {
+        match (store, regions, pointer_types, auth, node, limits) {
+            (Some(store), Some(regions), Some(pointer_types), Some(auth), Some(node), Some(limits))
+                if problems.is_empty() =>
+            {
                 Ok(Self {
                     listen: args.listen,
                     auth,
@@ -313,13 +365,76 @@ impl TryFrom<ServeArgs> for ServerConfig {
                     shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
                     request_timeout: Duration::from_millis(args.request_timeout_ms),
                     max_concurrent_streams: args.max_concurrent_streams,
-                    admin: AdminConfig { listen: admin_listen, ..AdminConfig::default() },
+                    limits,
+                    admin: AdminConfig {
+                        listen: admin_listen,
+                        connections: ConnectionLimits::admin(
+                            args.admin_max_connections,
+                            limits.connections.handshake_timeout,
+                        ),
+                        ..AdminConfig::default()
+                    },
                     memory_audit_retention: args.memory_audit_retention,
                 })
             }
             _ => Err(ConfigError(problems)),
         }
     }
+}
+
+/// The connection and call limits, from the flags. Every problem is reported.
+fn limits_config(args: &ServeArgs) -> Result<LimitsConfig, Vec<String>> {
+    let mut problems = Vec::new();
+    let at_least_one = [
+        (ENV_MAX_CONNECTIONS, args.max_connections as u64),
+        (ENV_ADMIN_MAX_CONNECTIONS, args.admin_max_connections as u64),
+        (ENV_HANDSHAKE_TIMEOUT, args.handshake_timeout_ms),
+        (ENV_IDLE_TIMEOUT, args.idle_timeout_ms),
+        (ENV_KEEPALIVE_INTERVAL, args.keepalive_interval_ms),
+        (ENV_KEEPALIVE_TIMEOUT, args.keepalive_timeout_ms),
+        (ENV_MAX_IN_FLIGHT, args.max_in_flight as u64),
+    ];
+    for (env, value) in at_least_one {
+        if value == 0 {
+            problems.push(format!("{env}: must be at least 1"));
+        }
+    }
+    if args.max_in_flight > tokio::sync::Semaphore::MAX_PERMITS {
+        problems.push(format!(
+            "{ENV_MAX_IN_FLIGHT}={}: must be at most {}",
+            args.max_in_flight,
+            tokio::sync::Semaphore::MAX_PERMITS
+        ));
+    }
+    if args.max_metadata_bytes < MIN_METADATA_BYTES {
+        problems.push(format!(
+            "{ENV_MAX_METADATA_BYTES}={}: must be at least {MIN_METADATA_BYTES}",
+            args.max_metadata_bytes
+        ));
+    }
+    if (args.max_header_list_bytes as usize) < args.max_metadata_bytes {
+        problems.push(format!(
+            "{ENV_MAX_HEADER_LIST_BYTES}={}: must be at least {ENV_MAX_METADATA_BYTES} ({}), or calls over that limit get \
+             HTTP 431 instead of a status",
+            args.max_header_list_bytes, args.max_metadata_bytes
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(LimitsConfig {
+        connections: ConnectionLimits {
+            max_connections: args.max_connections,
+            handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+            call_timeout: None,
+        },
+        keepalive_interval: Duration::from_millis(args.keepalive_interval_ms),
+        keepalive_timeout: Duration::from_millis(args.keepalive_timeout_ms),
+        max_in_flight: args.max_in_flight,
+        max_metadata_bytes: args.max_metadata_bytes,
+        max_header_list_bytes: args.max_header_list_bytes,
+    })
 }
 
 /// The node's part in a federation, from the flags.
@@ -508,6 +623,45 @@ mod tests {
         assert!(err.to_string().contains(ENV_ADMIN_LISTEN), "{err}");
         let err = parse(&["--admin-listen", "127.0.0.1:50051"]).expect_err("clashes with the gRPC port");
         assert!(err.to_string().contains(ENV_LISTEN), "{err}");
+    }
+
+    #[test]
+    fn connection_and_call_limits_have_documented_defaults_and_every_bad_one_is_reported() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.limits, LimitsConfig::default());
+        assert_eq!(config.limits.max_in_flight, 512);
+        assert_eq!(config.limits.connections.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.admin.connections.max_connections, 64);
+        let config = parse(&["--handshake-timeout-ms", "250", "--admin-max-connections", "8"]).expect("valid");
+        assert_eq!(
+            config.admin.connections.handshake_timeout,
+            Duration::from_millis(250),
+            "shared with the admin listener"
+        );
+        assert_eq!(config.admin.connections.max_connections, 8);
+        let err = parse(&[
+            "--max-connections",
+            "0",
+            "--idle-timeout-ms",
+            "0",
+            "--max-in-flight",
+            "0",
+            "--max-metadata-bytes",
+            "100",
+            "--max-header-list-bytes",
+            "50",
+        ])
+        .expect_err("invalid");
+        for env in [
+            ENV_MAX_CONNECTIONS,
+            ENV_IDLE_TIMEOUT,
+            ENV_MAX_IN_FLIGHT,
+            ENV_MAX_METADATA_BYTES,
+            ENV_MAX_HEADER_LIST_BYTES,
+        ] {
+            assert!(err.to_string().contains(env), "{env} not reported: {err}");
+        }
+        assert_eq!(err.0.len(), 5, "{err}");
     }
 
     #[test]

@@ -129,7 +129,8 @@ impl AdminServer {
         let local_addr = listener.local_addr()?;
         config.bound.set(local_addr);
         tracing::info!(admin_listen = %local_addr, "admin endpoints: /metrics /live /ready");
-        let acceptor = Acceptor::new(listener, Listener::Admin, config.connections, connections.clone());
+        let acceptor = Acceptor::new(listener, Listener::Admin, config.connections, connections.clone())
+            .refusing_with(crate::limits::accept::Refusal::Http1);
         let app = router(readiness.clone(), connections.clone()).into_make_service_with_connect_info::<ConnectionKey>();
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(acceptor, app).await {

@@ -132,8 +132,12 @@ pub async fn run(
 
     let limits = config.limits;
     let connections = admin.connections().clone();
-    let incoming =
-        Acceptor::new(listener, Listener::Grpc, grpc_connection_limits(&config), connections.clone()).into_incoming();
+    let mut acceptor = Acceptor::new(listener, Listener::Grpc, grpc_connection_limits(&config), connections.clone());
+    if config.auth.tls.is_none() {
+        // Over TLS the refusal could only come after a handshake the refused connection may not have.
+        acceptor = acceptor.refusing_with(accept::Refusal::Http2);
+    }
+    let incoming = acceptor.into_incoming();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = Server::builder()
         // Advertised, so clients queue their own excess; the server itself queues no call.

@@ -35,6 +35,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+/// How many connections of one listener may be closing at once to make room for newcomers.
+pub const MAX_CLOSING: usize = 8;
+
 /// Which listener a connection came in on; the `listener` label of the connection metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Listener {
@@ -203,16 +206,19 @@ impl Connections {
         self.metrics.set_connections_max(listener.label(), max_connections);
     }
 
-    /// Takes a newly accepted connection on, or refuses it (`None`: it is dropped, so closed).
+    /// Takes a newly accepted connection on (`limits` gives its deadlines; the cap is the one of
+    /// [`set_cap`](Self::set_cap)), or hands it back refused (`Err(Some)`); `Err(None)` if it has
+    /// already gone.
     pub fn admit(
         self: &Arc<Self>,
         stream: TcpStream,
         listener: Listener,
         limits: ConnectionLimits,
-    ) -> Option<TrackedStream> {
-        // `limits.max_connections` is applied through `set_cap`; the rest are the deadlines.
-        // A connection whose ends cannot be read has already gone.
-        let key = ConnectionKey { local: stream.local_addr().ok()?, remote: stream.peer_addr().ok()? };
+    ) -> Result<TrackedStream, Option<TcpStream>> {
+        let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
+            return Err(None);
+        };
+        let key = ConnectionKey { local, remote };
         let now = Instant::now();
         let state = Arc::new(ConnectionState {
             listener,
@@ -228,14 +234,14 @@ impl Connections {
             if table.counts[listener.index()] >= table.caps[listener.index()] && !self.make_room(&table, listener) {
                 drop(table);
                 self.metrics.connection_refused(listener.label(), "limit");
-                return None;
+                return Err(Some(stream));
             }
             table.open.insert(key, state.clone());
             table.counts[listener.index()] += 1;
             table.counts[listener.index()]
         };
         self.metrics.set_connections_open(listener.label(), open);
-        Some(TrackedStream {
+        Ok(TrackedStream {
             stream,
             state,
             connections: self.clone(),
@@ -246,12 +252,18 @@ impl Connections {
 
     /// At the cap: true if there is room after all, because connections already being closed
     /// leave fewer than the cap open, or because enough of the longest-idle ones are now closed
-    /// for it (more than one if the cap was lowered under what is open).
+    /// for it (more than one if the cap was lowered under what is open). A closed connection
+    /// holds its descriptor until its task runs, so at most [`MAX_CLOSING`] are closed at once:
+    /// past that, the newcomer is refused, and the accept loop cannot outrun the closing.
     fn make_room(&self, table: &Table, listener: Listener) -> bool {
         let cap = table.caps[listener.index()];
         let mut idle: Vec<(Instant, &Arc<ConnectionState>)> = Vec::new();
-        let mut staying = 0usize;
-        for connection in table.open.values().filter(|c| c.listener == listener && c.closing().is_none()) {
+        let (mut staying, mut closing) = (0usize, 0usize);
+        for connection in table.open.values().filter(|c| c.listener == listener) {
+            if connection.closing().is_some() {
+                closing += 1;
+                continue;
+            }
             staying += 1;
             if let Some(since) = connection.idle_since() {
                 idle.push((since, connection));
@@ -259,14 +271,13 @@ impl Connections {
         }
         // To admit one more: `staying - cap + 1` of them must go.
         let excess = (staying + 1).saturating_sub(cap);
-        if excess > idle.len() {
-            return false;
-        }
+        let budget = MAX_CLOSING.saturating_sub(closing);
         idle.sort_unstable_by_key(|(since, _)| *since);
-        for (_, victim) in idle.into_iter().take(excess) {
+        let admit = excess <= idle.len() && excess <= budget;
+        for (_, victim) in idle.into_iter().take(excess.min(budget)) {
             self.evict(victim);
         }
-        true
+        admit
     }
 
     /// `listener` could not accept for want of file descriptors: its cap drops to nine tenths of

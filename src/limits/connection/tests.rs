@@ -30,7 +30,7 @@ impl Rig {
         let client = TcpStream::connect(self.listener.local_addr().expect("addr")).await.expect("connect");
         self.clients.push(client);
         let (stream, _) = self.listener.accept().await.expect("accept");
-        self.connections.admit(stream, Listener::Grpc, limits)
+        self.connections.admit(stream, Listener::Grpc, limits).ok()
     }
 
     fn metrics(&self) -> String {

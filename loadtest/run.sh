@@ -5,15 +5,22 @@
 #   loadtest/run.sh --big           # also: 10M pointers into Redis, search p50 at 10M vs 10k
 #   loadtest/run.sh --soak          # also: 10-minute soak at half of peak (errors, server RSS)
 #   loadtest/run.sh --ghz           # drive the scenarios with ghz (on PATH) instead of nrl-load
+#   loadtest/run.sh --h2load-only --quick   # only the h2load part, 2 s runs: about 2 minutes
 #
-# Options: --duration 10s (each scenario), --concurrency 32, --repeat 3 (baseline/search pairs),
-# --big-pointers N, --soak-duration 10m, --soak-store redis|memory, --auth (extra: search through
-# JWT authentication), --no-bench (skip `cargo bench --bench redis_store`), --skip-build,
-# --fsync always,everysec (the Redis appendfsync settings to run the Redis suite with, in order;
-# the last one's server stays up for --auth, --big and --soak).
+# Options: --duration 10s (each scenario), --concurrency 32, --repeat 3 (baseline/search pairs,
+# and h2load rounds), --big-pointers N, --soak-duration 10m, --soak-store redis|memory, --auth
+# (extra: search through JWT authentication), --no-bench (skip `cargo bench --bench redis_store`),
+# --skip-build, --fsync always,everysec (the Redis appendfsync settings to run the Redis suite
+# with, in order; the last one's server stays up for --auth, --big and --soak).
+# h2load (loadtest/h2load.bash): --h2load-duration 8 (seconds per h2load run), --no-h2load (skip
+# it), --h2load-only (skip nrl-load, the benches and the extras; writes loadtest/RESULTS-h2load.md
+# instead of RESULTS.md), --quick (2 s h2load runs, 3 s nrl-load runs, no store bench: a check
+# that the suite works, not figures to quote; its report goes to loadtest/out/, never over the
+# committed one). h2load comes from Debian's nghttp2-client; when it (or curl) is missing, run.sh
+# installs it with apt-get, which needs root.
 #
 # Everything runs on 127.0.0.1: a release `nrl serve` per store, a private redis-server started
-# here with the settings README "Redis" requires, and the load generator. Every loop is bounded
+# here with the settings README "Redis" requires, and the load generators. Every loop is bounded
 # (by --duration, a call count, or a retry count). Outputs: loadtest/out/ (JSON reports, logs,
 # data) and loadtest/RESULTS.md.
 set -euo pipefail
@@ -37,10 +44,20 @@ USE_GHZ=0
 BENCH=1
 BUILD=1
 FSYNCS=always,everysec
+H2LOAD=1
+H2LOAD_ONLY=0
+QUICK=0
+H2_DURATION=8
+H2_CLIENTS=4
+H2_STREAMS=16
 MEM_PORT=${NRL_LOAD_MEM_PORT:-50161}
 REDIS_GRPC_PORT=${NRL_LOAD_REDIS_GRPC_PORT:-50162}
 AUTH_GRPC_PORT=${NRL_LOAD_AUTH_GRPC_PORT:-50163}
 REDIS_PORT=${NRL_LOAD_REDIS_PORT:-6391}
+# The servers' admin listeners (/metrics): the h2load part reads the server's own count of non-OK
+# calls from them.
+MEM_ADMIN_PORT=${NRL_LOAD_MEM_ADMIN_PORT:-50171}
+REDIS_ADMIN_PORT=${NRL_LOAD_REDIS_ADMIN_PORT:-50172}
 SEED_PATIENTS=3334 # x 3 pointers = 10,002 stored pointers: the "10k" of the flatness goal
 
 while [ $# -gt 0 ]; do
@@ -58,11 +75,33 @@ while [ $# -gt 0 ]; do
     --concurrency) CONC=$2; shift ;;
     --repeat) REPEAT=$2; shift ;;
     --fsync) FSYNCS=$2; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --h2load-duration) H2_DURATION=$2; shift ;;
+    --no-h2load) H2LOAD=0 ;;
+    --h2load-only) H2LOAD_ONLY=1 ;;
+    --quick) QUICK=1 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
   esac
   shift
 done
+
+if [ "$QUICK" = 1 ]; then
+  H2_DURATION=2
+  DURATION=3s
+  BENCH=0
+fi
+if [ "$H2LOAD_ONLY" = 1 ]; then
+  [ "$H2LOAD" = 1 ] || { echo "run.sh: --h2load-only and --no-h2load contradict each other" >&2; exit 64; }
+  for extra in BIG SOAK AUTH USE_GHZ; do
+    [ "${!extra}" = 0 ] || { echo "run.sh: --h2load-only runs the h2load part alone; drop --big/--soak/--auth/--ghz" >&2; exit 64; }
+  done
+  BENCH=0
+fi
+[[ $H2_DURATION =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --h2load-duration takes whole seconds (h2load -D)" >&2; exit 64; }
+# Where the report goes: a quick run's figures are too short to quote, so it never replaces the
+# committed reports; it goes to loadtest/out/ instead.
+RESULTS=loadtest/$([ "$H2LOAD_ONLY" = 1 ] && echo RESULTS-h2load.md || echo RESULTS.md)
+if [ "$QUICK" = 1 ]; then RESULTS=$OUT/$(basename "$RESULTS"); fi
 
 for tool in jq redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool is needed (apt-get install jq redis-server redis-tools)" >&2; exit 1; }
@@ -79,6 +118,13 @@ log() { echo "== $*" >&2; }
 record() { echo "$*" >> "$COMMANDS"; }
 run() { record "$@"; "$@"; }
 
+# shellcheck source=loadtest/h2load.bash
+. loadtest/h2load.bash
+if [ "$H2LOAD" = 1 ]; then
+  install_tool h2load nghttp2-client
+  install_tool curl curl
+fi
+
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -87,7 +133,7 @@ cleanup() {
 trap cleanup EXIT
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$MEM_PORT" "$REDIS_GRPC_PORT" "$AUTH_GRPC_PORT" "$REDIS_PORT"; do
+for port in "$MEM_PORT" "$REDIS_GRPC_PORT" "$AUTH_GRPC_PORT" "$REDIS_PORT" "$MEM_ADMIN_PORT" "$REDIS_ADMIN_PORT"; do
   port_free "$port" || { echo "run.sh: 127.0.0.1:$port is in use; set NRL_LOAD_*_PORT" >&2; exit 1; }
 done
 
@@ -120,11 +166,12 @@ start_redis() {
   echo "run.sh: redis-server did not start (see $dir/redis.log)" >&2; exit 1
 }
 
-# start_server NAME PORT STORE [serve args...]; sets SERVER_PID
+# start_server NAME PORT ADMIN_PORT|off STORE [serve args...]; sets SERVER_PID
 start_server() {
-  local name=$1 port=$2 store=$3; shift 3
-  record NRL_ADMIN_LISTEN=off "$NRL" serve --listen "127.0.0.1:$port" --store "$store" "$@"
-  NRL_ADMIN_LISTEN=off "$NRL" serve --listen "127.0.0.1:$port" --store "$store" "$@" > "$OUT/$name.log" 2>&1 &
+  local name=$1 port=$2 admin=$3 store=$4; shift 4
+  [ "$admin" = off ] || admin=127.0.0.1:$admin
+  record NRL_ADMIN_LISTEN="$admin" "$NRL" serve --listen "127.0.0.1:$port" --store "$store" "$@"
+  NRL_ADMIN_LISTEN="$admin" "$NRL" serve --listen "127.0.0.1:$port" --store "$store" "$@" > "$OUT/$name.log" 2>&1 &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   for _ in $(seq 100); do
@@ -161,8 +208,8 @@ errors_of() { jq -r '.errors // (.count - (.statusCodeDistribution.OK // 0))' "$
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
-# suite STORE PORT STORE_URL: seed, prepare, baseline and scenarios against one server.
-suite() {
+# seed_data STORE PORT: a fresh $OUT/STORE, the seeded patients, and the scenarios' data files.
+seed_data() {
   local store=$1 port=$2 dir=$OUT/$1
   rm -rf "$dir" && mkdir -p "$dir/data"
   log "$store: seeding $SEED_PATIENTS patients x 3 pointers"
@@ -171,6 +218,13 @@ suite() {
   run "$LOAD" prepare --server "http://127.0.0.1:$port" --patients-file "$dir/data/patients.txt" \
     --out-dir "$dir/data" --count 1000 > /dev/null
   jq -r '.[].query.nhs_number' "$dir/data/search-miss.json" > "$dir/data/miss.txt"
+}
+
+# suite STORE PORT ADMIN_PORT: seed, prepare, baseline and scenarios against one server, with
+# nrl-load (or ghz), then the h2load part on the same server, before the writes.
+suite() {
+  local store=$1 port=$2 admin=$3 dir=$OUT/$1
+  seed_data "$store" "$port"
   local pid=$SERVER_PID
   echo "$(rss_kb "$pid")" > "$dir/rss-start.txt"
 
@@ -182,6 +236,7 @@ suite() {
   for s in search-miss count get locate; do
     scenario "$dir" "$port" "$s" "loadtest/$s.json" -c "$CONC" -z "$DURATION"
   done
+  if [ "$H2LOAD" = 1 ]; then h2load_store "$store" "$port" "$admin"; fi
   local peak half
   peak=$(for i in $(seq "$REPEAT"); do jqv "$dir/search-hit-$i.json" .rps; done | median)
   half=$(awk -v p="$peak" 'BEGIN { printf "%d", p / 2 }')
@@ -202,9 +257,19 @@ START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 START_SECS=$(date +%s)
 uptime > "$OUT/load-before.txt"
 
-start_server memory-server "$MEM_PORT" memory
+# store_run STORE PORT ADMIN_PORT: the whole suite, or with --h2load-only the data and h2load.
+store_run() {
+  if [ "$H2LOAD_ONLY" = 1 ]; then
+    seed_data "$1" "$2"
+    h2load_store "$1" "$2" "$3"
+  else
+    suite "$1" "$2" "$3"
+  fi
+}
+
+start_server memory-server "$MEM_PORT" "$MEM_ADMIN_PORT" memory
 MEM_PID=$SERVER_PID
-suite memory "$MEM_PORT"
+store_run memory "$MEM_PORT" "$MEM_ADMIN_PORT"
 stop_server "$MEM_PID"
 
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
@@ -214,9 +279,9 @@ for FSYNC in "${FSYNC_LIST[@]}"; do
   # The suite's data and reports go to loadtest/out/redis-<fsync>; redis-server's own files too.
   RD=$OUT/redis-$FSYNC
   start_redis "$RD.db" "$FSYNC"
-  start_server "redis-$FSYNC-server" "$REDIS_GRPC_PORT" "$REDIS_URL"
+  start_server "redis-$FSYNC-server" "$REDIS_GRPC_PORT" "$REDIS_ADMIN_PORT" "$REDIS_URL"
   REDIS_NRL_PID=$SERVER_PID
-  suite "redis-$FSYNC" "$REDIS_GRPC_PORT"
+  store_run "redis-$FSYNC" "$REDIS_GRPC_PORT" "$REDIS_ADMIN_PORT"
   redis-cli -p "$REDIS_PORT" info memory > "$RD/info-memory-10k.txt"
 done
 LAST=redis-$FSYNC
@@ -224,7 +289,7 @@ LAST=redis-$FSYNC
 if [ "$AUTH" = 1 ]; then
   log "auth: a second server on the same Redis, with JWT authentication"
   head -c 48 /dev/urandom | base64 > "$OUT/$LAST/dev.secret"
-  start_server auth-server "$AUTH_GRPC_PORT" "$REDIS_URL" --jwt-hs256-secret-file "$OUT/$LAST/dev.secret"
+  start_server auth-server "$AUTH_GRPC_PORT" off "$REDIS_URL" --jwt-hs256-secret-file "$OUT/$LAST/dev.secret"
   AUTH_PID=$SERVER_PID
   CONSUMER=$("$NRL" token --secret-file "$OUT/$LAST/dev.secret" --org RA7 --role consumer)
   for i in $(seq "$REPEAT"); do
@@ -257,7 +322,7 @@ fi
 
 if [ "$SOAK" = 1 ]; then
   if [ "$SOAK_STORE" = memory ]; then
-    start_server memory-soak "$MEM_PORT" memory
+    start_server memory-soak "$MEM_PORT" off memory
     SOAK_PID=$SERVER_PID
     SOAK_PORT=$MEM_PORT
     mkdir -p "$OUT/soak" && rm -rf "$OUT/soak/data" && cp -r "$OUT/memory/data" "$OUT/soak/data"
@@ -336,7 +401,12 @@ store_section() { # store_section DIR_NAME GOAL TITLE
   local bc; bc=$(jq -r '.rps * 500 | floor' "$dir/batch-create.json")
   echo "| goal | measured | target | |"
   echo "| --- | --- | --- | --- |"
-  echo "| SearchPointers throughput / bare RPC (medians of $REPEAT rounds: $(printf %.0f "$sr") / $(printf %.0f "$hr") rps) | **$r** | ≥ $goal | $(met "$r" "$goal" '>=') |"
+  if [ "$H2LOAD" = 1 ]; then
+    # The throughput goal is judged by h2load (its baseline is not held down by the client).
+    echo "| SearchPointers throughput / bare RPC, nrl-load (medians of $REPEAT rounds: $(printf %.0f "$sr") / $(printf %.0f "$hr") rps) | $r | ≥ $goal | judged by h2load: $(met "$(ratio "$(h2_median "$store" search)" "$(h2_median "$store" health)")" "$goal" '>=') (see h2load and nrl-load side by side) |"
+  else
+    echo "| SearchPointers throughput / bare RPC, nrl-load (medians of $REPEAT rounds: $(printf %.0f "$sr") / $(printf %.0f "$hr") rps; h2load not run) | **$r** | ≥ $goal | $(met "$r" "$goal" '>=') |"
+  fi
   echo "| SearchPointers p99 at half of peak | **$(ms "$p99") ms** | ≤ 5 ms | $(met "$p99" 5 '<=') |"
   echo "| errors in the half-of-peak run | $(errors_of "$dir/search-hit-half.json") | 0 | $(met "$(errors_of "$dir/search-hit-half.json")" 0 '==') |"
   if [ "$store" != memory ]; then
@@ -348,12 +418,7 @@ store_section() { # store_section DIR_NAME GOAL TITLE
   echo
 }
 
-{
-  echo "# Load-test results"
-  echo
-  echo "Written by \`loadtest/run.sh${ARGS:+ $ARGS}\` on $START (UTC); took $(( $(date +%s) - START_SECS )) s."
-  echo "Load generator: $([ "$USE_GHZ" = 1 ] && echo "ghz $(ghz --version 2>/dev/null)" || echo "nrl-load (this repo), the same config files")."
-  echo
+machine_section() {
   echo "## Machine"
   echo
   echo "- CPU: $(nproc) cores, $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}')"
@@ -361,6 +426,56 @@ store_section() { # store_section DIR_NAME GOAL TITLE
   echo "- Load average (1, 5, 15 min) before: $(awk -F'load average: ' '{print $2}' "$OUT/load-before.txt"); after: $(awk -F'load average: ' '{print $2}' "$OUT/load-after.txt")"
   echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
   echo "- $(rustc --version); $(redis-server --version | cut -d' ' -f1-3)"
+}
+
+# h2load_results FILE_TITLE: the h2load part, every store, both tools where both ran.
+h2load_results() {
+  echo "## h2load and nrl-load side by side"
+  echo
+  h2load_method_note
+  echo
+  h2load_section memory "memory store"
+  for f in "${FSYNC_LIST[@]}"; do h2load_section "redis-$f" "Redis store, appendfsync $f"; done
+  local stores=(memory)
+  for f in "${FSYNC_LIST[@]}"; do stores+=("redis-$f"); done
+  h2load_goals "${stores[@]}"
+}
+
+if [ "$H2LOAD_ONLY" = 1 ]; then
+  {
+    echo "# Load-test results: the h2load part alone"
+    echo
+    echo "Written by \`loadtest/run.sh${ARGS:+ $ARGS}\` on $START (UTC); took $(( $(date +%s) - START_SECS )) s."
+    echo "Only h2load ran (no nrl-load, so its columns say \"not run\"); \`loadtest/run.sh\` without"
+    echo "\`--h2load-only\` runs both tools in the same run and writes \`loadtest/RESULTS.md\`."
+    [ "$QUICK" = 1 ] && echo "**Quick mode**: ${H2_DURATION} s runs. A check that the suite works; quote the full run's figures."
+    echo
+    machine_section
+    echo
+    echo "Stored: $SEED_PATIENTS patients × 3 pointers seeded by \`nrl seed\` on each store."
+    echo "Redis: \`--appendonly yes --appendfsync {$FSYNCS} --hash-max-listpack-value 512 --hash-max-listpack-entries 256 --maxmemory-policy noeviction\`."
+    echo
+    h2load_results
+    echo "## Commands"
+    echo
+    echo '```sh'
+    cat "$COMMANDS"
+    echo '```'
+  } > "$RESULTS"
+  log "wrote $RESULTS"
+  exit 0
+fi
+
+{
+  echo "# Load-test results"
+  echo
+  echo "Written by \`loadtest/run.sh${ARGS:+ $ARGS}\` on $START (UTC); took $(( $(date +%s) - START_SECS )) s."
+  echo "Load generators: $([ "$USE_GHZ" = 1 ] && echo "ghz $(ghz --version 2>/dev/null)" || echo "nrl-load (this repo), the same config files")$([ "$H2LOAD" = 1 ] && echo "; h2load $(h2load --version 2>/dev/null | awk '/h2load/ {print $NF; exit}') for the throughput goals (h2load and nrl-load side by side, below)")."
+  if [ "$QUICK" = 1 ]; then
+    echo "**Quick mode** ($DURATION nrl-load runs, ${H2_DURATION} s h2load runs, no store bench): a check that the suite works; quote a full run's figures."
+  fi
+  echo
+  machine_section
   echo "- Client and server share the same $(nproc) cores, so every figure is also given as a ratio to the bare"
   echo "  \`grpc.health.v1.Health/Check\` RPC measured in the same run at the same concurrency ($CONC workers, 1 connection)."
   echo "  The machine is shared and noisy: throughput is the median of $REPEAT alternating rounds."
@@ -372,8 +487,9 @@ store_section() { # store_section DIR_NAME GOAL TITLE
   echo
   echo "## Results"
   echo
-  store_section memory 0.6 "memory store"
-  for f in "${FSYNC_LIST[@]}"; do store_section "redis-$f" 0.4 "Redis store, appendfsync $f"; done
+  store_section memory "$(goal_of memory)" "memory store"
+  for f in "${FSYNC_LIST[@]}"; do store_section "redis-$f" "$(goal_of "redis-$f")" "Redis store, appendfsync $f"; done
+  if [ "$H2LOAD" = 1 ]; then h2load_results; fi
   if [ "$BIG" = 1 ]; then
     p10k=$(for i in $(seq "$REPEAT"); do pct "$OUT/$LAST/search-10k-$i.json" 50; done | median)
     p10m=$(for i in $(seq "$REPEAT"); do pct "$OUT/$LAST/search-10m-$i.json" 50; done | median)
@@ -436,5 +552,5 @@ store_section() { # store_section DIR_NAME GOAL TITLE
     echo
     cat loadtest/PROFILE.md
   fi
-} > loadtest/RESULTS.md
-log "wrote loadtest/RESULTS.md"
+} > "$RESULTS"
+log "wrote $RESULTS"

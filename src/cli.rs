@@ -22,6 +22,9 @@ pub enum LogFormat {
     Json,
 }
 
+// Built once per process, so the size of `serve`'s settings (text until `config` checks them) costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the registry server.

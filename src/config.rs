@@ -1,5 +1,7 @@
 //! Server configuration, from flags or `NRL_*` environment variables (clap reads both, flags win).
-//! Everything is validated before the server starts; a bad value is reported and `nrl` exits 64.
+//! Everything is validated before the server starts, every bad value at once (so clap takes each
+//! value as text and the checks here parse it), each named as the user gave it: the flag or the
+//! variable. Then `nrl` exits 64.
 
 use crate::admin::AdminConfig;
 use crate::auth::jwt::{JwtVerifier, VerifyingKey};
@@ -9,12 +11,18 @@ use crate::domain::ReferenceData;
 use crate::domain::{PointerTypeCatalogue, RegionCode, RegionDirectory};
 use crate::limits::{self, ConnectionLimits, LimitsConfig};
 use crate::store::redis::RedisConfig;
-use std::collections::BTreeSet;
+use clap::parser::ValueSource;
+use limits_flags::limits_config;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::net::SocketAddr;
+use std::num::IntErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+mod limits_flags;
 
 pub const ENV_LISTEN: &str = "NRL_LISTEN";
 pub const ENV_STORE: &str = "NRL_STORE";
@@ -63,7 +71,7 @@ pub const DEFAULT_JWT_AUDIENCE: &str = "nrl-registry";
 pub struct ServeArgs {
     /// Address to listen on. Loopback by default; anything else needs authentication configured.
     #[arg(long, env = ENV_LISTEN, default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
+    pub listen: String,
     /// Where pointers are kept: `memory` (default; lost on restart), `redis://host:port/db`,
     /// `rediss://…` (TLS), or `redis+cluster://host:port,host:port,…` (`rediss+cluster://` for TLS).
     /// Credentials go in the URL: `redis://user:password@host:port`.
@@ -76,60 +84,60 @@ pub struct ServeArgs {
     #[arg(long, env = ENV_POINTER_TYPES)]
     pub pointer_types: Option<PathBuf>,
     /// Seconds in-flight calls get to finish after SIGTERM/SIGINT.
-    #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value_t = 20)]
-    pub shutdown_grace_secs: u64,
+    #[arg(long, env = ENV_SHUTDOWN_GRACE, allow_negative_numbers = true, default_value = "20")]
+    pub shutdown_grace_secs: String,
     /// Per-request timeout in milliseconds (DEADLINE_EXCEEDED after it).
-    #[arg(long, env = ENV_REQUEST_TIMEOUT, default_value_t = 10_000)]
-    pub request_timeout_ms: u64,
+    #[arg(long, env = ENV_REQUEST_TIMEOUT, allow_negative_numbers = true, default_value = "10000")]
+    pub request_timeout_ms: String,
     /// Concurrent calls allowed on one client connection, advertised to clients as HTTP/2
     /// SETTINGS_MAX_CONCURRENT_STREAMS (a client queues its own excess; the server queues nothing).
-    #[arg(long, env = ENV_STREAMS_PER_CONNECTION, default_value_t = 256)]
-    pub max_concurrent_streams: u32,
+    #[arg(long, env = ENV_STREAMS_PER_CONNECTION, allow_negative_numbers = true, default_value = "256")]
+    pub max_concurrent_streams: String,
     /// Calls in flight at once across all connections; the excess is refused at once with
     /// RESOURCE_EXHAUSTED and a retry hint (grpc.health.v1 is not counted).
-    #[arg(long, env = ENV_MAX_IN_FLIGHT, default_value_t = limits::DEFAULT_MAX_IN_FLIGHT)]
-    pub max_in_flight: usize,
+    #[arg(long, env = ENV_MAX_IN_FLIGHT, allow_negative_numbers = true, default_value_t = limits::DEFAULT_MAX_IN_FLIGHT.to_string())]
+    pub max_in_flight: String,
     /// gRPC connections open at once. At the cap a new connection replaces the longest-idle one, or
-    /// is closed if none is idle. Lowered to fit the process's open-file limit.
-    #[arg(long, env = ENV_MAX_CONNECTIONS, default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
-    pub max_connections: usize,
+    /// is refused if none is idle. Lowered to fit the process's open-file limit.
+    #[arg(long, env = ENV_MAX_CONNECTIONS, allow_negative_numbers = true, default_value_t = limits::DEFAULT_MAX_CONNECTIONS.to_string())]
+    pub max_connections: String,
     /// Admin listener connections open at once, kept apart from the gRPC ones.
-    #[arg(long, env = ENV_ADMIN_MAX_CONNECTIONS, default_value_t = limits::DEFAULT_ADMIN_MAX_CONNECTIONS)]
-    pub admin_max_connections: usize,
+    #[arg(long, env = ENV_ADMIN_MAX_CONNECTIONS, allow_negative_numbers = true, default_value_t = limits::DEFAULT_ADMIN_MAX_CONNECTIONS.to_string())]
+    pub admin_max_connections: String,
     /// A connection that has not sent its first call's headers this long after connecting (TLS and
     /// HTTP/2 setup included) is closed. On the admin listener, also the idle and request limit.
-    #[arg(long, env = ENV_HANDSHAKE_TIMEOUT, default_value_t = limits::DEFAULT_HANDSHAKE_TIMEOUT_MS)]
-    pub handshake_timeout_ms: u64,
+    #[arg(long, env = ENV_HANDSHAKE_TIMEOUT, allow_negative_numbers = true, default_value_t = limits::DEFAULT_HANDSHAKE_TIMEOUT_MS.to_string())]
+    pub handshake_timeout_ms: String,
     /// A gRPC connection with no call in flight for this long is closed.
-    #[arg(long, env = ENV_IDLE_TIMEOUT, default_value_t = limits::DEFAULT_IDLE_TIMEOUT_MS)]
-    pub idle_timeout_ms: u64,
+    #[arg(long, env = ENV_IDLE_TIMEOUT, allow_negative_numbers = true, default_value_t = limits::DEFAULT_IDLE_TIMEOUT_MS.to_string())]
+    pub idle_timeout_ms: String,
     /// HTTP/2 PING interval on every gRPC connection...
-    #[arg(long, env = ENV_KEEPALIVE_INTERVAL, default_value_t = limits::DEFAULT_KEEPALIVE_INTERVAL_MS)]
-    pub keepalive_interval_ms: u64,
+    #[arg(long, env = ENV_KEEPALIVE_INTERVAL, allow_negative_numbers = true, default_value_t = limits::DEFAULT_KEEPALIVE_INTERVAL_MS.to_string())]
+    pub keepalive_interval_ms: String,
     /// ...and how long its answer may take before the connection is closed.
-    #[arg(long, env = ENV_KEEPALIVE_TIMEOUT, default_value_t = limits::DEFAULT_KEEPALIVE_TIMEOUT_MS)]
-    pub keepalive_timeout_ms: u64,
+    #[arg(long, env = ENV_KEEPALIVE_TIMEOUT, allow_negative_numbers = true, default_value_t = limits::DEFAULT_KEEPALIVE_TIMEOUT_MS.to_string())]
+    pub keepalive_timeout_ms: String,
     /// Request metadata one call may carry (names + values + 32 per entry, as HTTP/2 counts).
     /// Over it, the call is answered UNAUTHENTICATED (if `authorization` is the largest entry) or
     /// INVALID_ARGUMENT naming the largest entry.
-    #[arg(long, env = ENV_MAX_METADATA_BYTES, default_value_t = limits::DEFAULT_MAX_METADATA_BYTES)]
-    pub max_metadata_bytes: usize,
+    #[arg(long, env = ENV_MAX_METADATA_BYTES, allow_negative_numbers = true, default_value_t = limits::DEFAULT_MAX_METADATA_BYTES.to_string())]
+    pub max_metadata_bytes: String,
     /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: the headers the transport takes at all. Over it, HTTP/2
     /// itself answers (HTTP 431, or GOAWAY for a header block far over it).
-    #[arg(long, env = ENV_MAX_HEADER_LIST_BYTES, default_value_t = limits::DEFAULT_MAX_HEADER_LIST_BYTES)]
-    pub max_header_list_bytes: u32,
+    #[arg(long, env = ENV_MAX_HEADER_LIST_BYTES, allow_negative_numbers = true, default_value_t = limits::DEFAULT_MAX_HEADER_LIST_BYTES.to_string())]
+    pub max_header_list_bytes: String,
     /// Redis: every store call fails with UNAVAILABLE after this many milliseconds.
-    #[arg(long, env = ENV_REDIS_TIMEOUT, default_value_t = 1000)]
-    pub redis_timeout_ms: u64,
+    #[arg(long, env = ENV_REDIS_TIMEOUT, allow_negative_numbers = true, default_value = "1000")]
+    pub redis_timeout_ms: String,
     /// Redis: acknowledge a write only once this many replicas have it (WAIT). 0 = primary only.
-    #[arg(long, env = ENV_REDIS_WAIT_REPLICAS, default_value_t = 0)]
-    pub redis_wait_replicas: u32,
+    #[arg(long, env = ENV_REDIS_WAIT_REPLICAS, allow_negative_numbers = true, default_value = "0")]
+    pub redis_wait_replicas: String,
     /// Redis: how long WAIT may take before the write is reported UNAVAILABLE.
-    #[arg(long, env = ENV_REDIS_WAIT_TIMEOUT, default_value_t = 500)]
-    pub redis_wait_timeout_ms: u64,
+    #[arg(long, env = ENV_REDIS_WAIT_TIMEOUT, allow_negative_numbers = true, default_value = "500")]
+    pub redis_wait_timeout_ms: String,
     /// Redis: how long startup keeps trying to reach Redis before exiting.
-    #[arg(long, env = ENV_REDIS_STARTUP_WAIT, default_value_t = 30)]
-    pub redis_startup_wait_secs: u64,
+    #[arg(long, env = ENV_REDIS_STARTUP_WAIT, allow_negative_numbers = true, default_value = "30")]
+    pub redis_startup_wait_secs: String,
     /// Regions this node holds pointers for, comma-separated (e.g. `QWO`): a regional node. Empty:
     /// every region (a national node). Writes for other regions get FAILED_PRECONDITION naming the
     /// node that holds them (the region's `record-locator` endpoint in the region directory).
@@ -144,17 +152,17 @@ pub struct ServeArgs {
     #[arg(long, env = ENV_PEER_TOKEN_FILE)]
     pub peer_token_file: Option<PathBuf>,
     /// How many changes the change feed keeps for followers (standalone Redis; memory keeps 1,000,000).
-    #[arg(long, env = ENV_FEED_RETENTION, default_value_t = 1_000_000)]
-    pub feed_retention: u64,
+    #[arg(long, env = ENV_FEED_RETENTION, allow_negative_numbers = true, default_value = "1000000")]
+    pub feed_retention: String,
     /// How many events the audit export stream keeps (Redis; approximate, as Redis trims whole
     /// stream nodes). Each patient's own access log keeps every event regardless.
-    #[arg(long, env = ENV_AUDIT_EXPORT_RETENTION, default_value_t = 10_000_000)]
-    pub audit_export_retention: u64,
+    #[arg(long, env = ENV_AUDIT_EXPORT_RETENTION, allow_negative_numbers = true, default_value = "10000000")]
+    pub audit_export_retention: String,
     /// How many audit events the memory store keeps (the newest; older ones are dropped, counted
     /// and warned about once). The memory store is for development and tests: Redis keeps every
     /// patient's log in full.
-    #[arg(long, env = ENV_MEMORY_AUDIT_RETENTION, default_value_t = crate::store::memory::DEFAULT_AUDIT_RETENTION)]
-    pub memory_audit_retention: usize,
+    #[arg(long, env = ENV_MEMORY_AUDIT_RETENTION, allow_negative_numbers = true, default_value_t = crate::store::memory::DEFAULT_AUDIT_RETENTION.to_string())]
+    pub memory_audit_retention: String,
     /// JWT: file holding the HS256 shared secret (at least 32 bytes). For development and tests.
     #[arg(long, env = ENV_JWT_HS256_SECRET_FILE)]
     pub jwt_hs256_secret_file: Option<PathBuf>,
@@ -183,6 +191,74 @@ pub struct ServeArgs {
     /// data, so a non-loopback address needs no authentication.
     #[arg(long, env = ENV_ADMIN_LISTEN, default_value = crate::admin::DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: String,
+    /// Which settings came from a flag and which from the environment (`Origins::of`), so that
+    /// problems name what the user typed.
+    #[arg(skip)]
+    pub origins: Origins,
+}
+
+/// How the `nrl serve` settings were given: by flag or by environment variable, by argument id.
+#[derive(Clone, Debug, Default)]
+pub struct Origins(HashMap<String, Origin>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Flag,
+    Env,
+}
+
+impl Origins {
+    /// From the matches `ServeArgs` were parsed from (clap's `value_source`).
+    pub fn of(matches: &clap::ArgMatches) -> Self {
+        let origin = |id: &clap::Id| match matches.value_source(id.as_str()) {
+            Some(ValueSource::CommandLine) => Some((id.to_string(), Origin::Flag)),
+            Some(ValueSource::EnvVariable) => Some((id.to_string(), Origin::Env)),
+            _ => None,
+        };
+        Self(matches.ids().filter_map(origin).collect())
+    }
+}
+
+/// Each `nrl serve` setting's flag and variable, by argument id, from the clap definition.
+static SETTING_NAMES: LazyLock<HashMap<String, (String, String)>> = LazyLock::new(|| {
+    let serve = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
+    let names = |arg: &clap::Arg| {
+        let env = arg.get_env()?.to_string_lossy().into_owned();
+        Some((arg.get_id().to_string(), (format!("--{}", arg.get_long()?), env)))
+    };
+    serve.get_arguments().filter_map(names).collect()
+});
+
+impl ServeArgs {
+    /// How a problem names setting `id`: the flag if the value came from one, the variable if it
+    /// came from the environment, both (`--flag/NRL_VAR`) when it was not given.
+    fn name(&self, id: &str) -> String {
+        let Some((flag, env)) = SETTING_NAMES.get(id) else { return id.to_string() };
+        match self.origins.0.get(id) {
+            Some(Origin::Flag) => flag.clone(),
+            Some(Origin::Env) => env.clone(),
+            None => format!("{flag}/{env}"),
+        }
+    }
+
+    /// Setting `id` as a whole number of at least `min`. When it is not one, a problem naming it
+    /// is reported and `min` stands in (any problem stops the configuration).
+    fn number<T>(&self, id: &str, value: &str, min: T, problems: &mut Vec<String>) -> T
+    where
+        T: TryFrom<i128> + PartialOrd + fmt::Display,
+    {
+        let problem = match value.trim().parse::<i128>() {
+            Ok(n) => match T::try_from(n) {
+                Ok(n) if n >= min => return n,
+                Err(_) if n > 0 => "is too large".to_string(),
+                _ => format!("must be at least {min}"),
+            },
+            Err(e) if matches!(e.kind(), IntErrorKind::PosOverflow) => "is too large".to_string(),
+            Err(_) => "is not a whole number".to_string(),
+        };
+        problems.push(format!("{}={value:?}: {problem}", self.name(id)));
+        min
+    }
 }
 
 /// The storage backend named by `--store`.
@@ -270,12 +346,13 @@ impl ServerConfig {
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
 pub struct ConfigError(pub Vec<String>);
 
+/// The store `--store` names, or what is wrong with the value (never echoing a password).
 pub fn parse_store(value: &str) -> Result<StoreConfig, String> {
     match value.trim() {
         "memory" => Ok(StoreConfig::Memory),
         other => RedisConfig::parse(other).map(StoreConfig::Redis).map_err(|e| {
             format!(
-                "{ENV_STORE}={:?}: {e} (expected `memory`, `redis://host:port/db` or `redis+cluster://host:port,…`)",
+                "{:?}: {e} (expected `memory`, `redis://host:port/db` or `redis+cluster://host:port,…`)",
                 crate::store::redis::redact(other)
             )
         }),
@@ -287,34 +364,52 @@ impl TryFrom<ServeArgs> for ServerConfig {
 
     fn try_from(args: ServeArgs) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
+        let listen = args
+            .listen
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| problems.push(format!("{}={:?}: {e} (expected host:port)", args.name("listen"), args.listen)))
+            .ok();
         let auth = auth_config(&args).map_err(|e| problems.extend(e)).ok();
-        if let Some(AuthConfig { authenticator: Authenticator::Disabled, .. }) = &auth {
-            if !args.listen.ip().is_loopback() {
+        if let (Some(AuthConfig { authenticator: Authenticator::Disabled, .. }), Some(listen)) = (&auth, listen) {
+            if !listen.ip().is_loopback() {
                 problems.push(format!(
-                    "{ENV_LISTEN}={}: authentication is off, so the server listens on loopback only. Configure \
-                     {ENV_JWT_PUBLIC_KEY_FILE} (or {ENV_JWT_HS256_SECRET_FILE}) and/or mTLS to listen elsewhere",
-                    args.listen
+                    "{}={listen}: authentication is off, so the server listens on loopback only. Configure {} (or \
+                     {}) and/or mTLS to listen elsewhere",
+                    args.name("listen"),
+                    args.name("jwt_public_key_file"),
+                    args.name("jwt_hs256_secret_file"),
                 ));
             }
         }
-        let mut store = parse_store(&args.store).map_err(|e| problems.push(e)).ok();
+        let mut store = parse_store(&args.store).map_err(|e| problems.push(format!("{}={e}", args.name("store")))).ok();
+        // Every number is checked, whatever the store: a bad value is wrong wherever it is used.
+        let p = &mut problems;
+        let shutdown_grace_secs = args.number::<u64>("shutdown_grace_secs", &args.shutdown_grace_secs, 0, p);
+        let request_timeout_ms = args.number::<u64>("request_timeout_ms", &args.request_timeout_ms, 1, p);
+        let max_concurrent_streams = args.number::<u32>("max_concurrent_streams", &args.max_concurrent_streams, 1, p);
+        let redis_timeout_ms = args.number::<u64>("redis_timeout_ms", &args.redis_timeout_ms, 1, p);
+        let redis_wait_replicas = args.number::<u32>("redis_wait_replicas", &args.redis_wait_replicas, 0, p);
+        let redis_wait_timeout_ms = args.number::<u64>("redis_wait_timeout_ms", &args.redis_wait_timeout_ms, 0, p);
+        let startup_wait_secs = args.number::<u64>("redis_startup_wait_secs", &args.redis_startup_wait_secs, 0, p);
+        let feed_retention = args.number::<u64>("feed_retention", &args.feed_retention, 1, p);
+        let audit_export_retention = args.number::<u64>("audit_export_retention", &args.audit_export_retention, 1, p);
+        let memory_audit_retention = args.number::<usize>("memory_audit_retention", &args.memory_audit_retention, 1, p);
         if let Some(StoreConfig::Redis(redis)) = store.as_mut() {
-            if args.redis_timeout_ms == 0 {
-                problems.push(format!("{ENV_REDIS_TIMEOUT}: must be at least 1"));
-            }
-            redis.timeout = Duration::from_millis(args.redis_timeout_ms);
-            redis.wait_replicas = args.redis_wait_replicas;
-            redis.wait_timeout = Duration::from_millis(args.redis_wait_timeout_ms);
-            redis.startup_wait = Duration::from_secs(args.redis_startup_wait_secs);
-            redis.feed_retention = args.feed_retention.max(1);
-            redis.audit_export_retention = args.audit_export_retention.max(1);
+            redis.timeout = Duration::from_millis(redis_timeout_ms);
+            redis.wait_replicas = redis_wait_replicas;
+            redis.wait_timeout = Duration::from_millis(redis_wait_timeout_ms);
+            redis.startup_wait = Duration::from_secs(startup_wait_secs);
+            redis.feed_retention = feed_retention;
+            redis.audit_export_retention = audit_export_retention;
         }
         let regions = match &args.regions {
             None => Some(RegionDirectory::default_directory()),
             Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("{ENV_REGIONS}={}: {e}", path.display()))
+                .map_err(|e| format!("{}={}: {e}", args.name("regions"), path.display()))
                 .and_then(|json| {
-                    RegionDirectory::from_json(&json).map_err(|e| format!("{ENV_REGIONS}={}: {e}", path.display()))
+                    RegionDirectory::from_json(&json)
+                        .map_err(|e| format!("{}={}: {e}", args.name("regions"), path.display()))
                 })
                 .map_err(|e| problems.push(e))
                 .ok(),
@@ -322,59 +417,49 @@ impl TryFrom<ServeArgs> for ServerConfig {
         let pointer_types = match &args.pointer_types {
             None => Some(PointerTypeCatalogue::default_catalogue()),
             Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("{ENV_POINTER_TYPES}={}: {e}", path.display()))
+                .map_err(|e| format!("{}={}: {e}", args.name("pointer_types"), path.display()))
                 .and_then(|json| {
                     PointerTypeCatalogue::from_json(&json)
-                        .map_err(|e| format!("{ENV_POINTER_TYPES}={}: {e}", path.display()))
+                        .map_err(|e| format!("{}={}: {e}", args.name("pointer_types"), path.display()))
                 })
                 .map_err(|e| problems.push(e))
                 .ok(),
         };
-        if args.request_timeout_ms == 0 {
-            problems.push(format!("{ENV_REQUEST_TIMEOUT}: must be at least 1"));
-        }
-        if args.memory_audit_retention == 0 {
-            problems.push(format!("{ENV_MEMORY_AUDIT_RETENTION}: must be at least 1"));
-        }
-        if args.max_concurrent_streams == 0 {
-            problems.push(format!("{ENV_STREAMS_PER_CONNECTION}: must be at least 1"));
-        }
-        let limits = limits_config(&args).map_err(|e| problems.extend(e)).ok();
+        let limits = limits_config(&args, &mut problems);
         let admin_listen = AdminConfig::parse_listen(&args.admin_listen)
-            .map_err(|e| format!("{ENV_ADMIN_LISTEN}={:?}: {e}", args.admin_listen))
+            .map_err(|e| format!("{}={:?}: {e}", args.name("admin_listen"), args.admin_listen))
             .and_then(|admin| match admin {
-                Some(admin) if admin == args.listen && admin.port() != 0 => {
-                    Err(format!("{ENV_ADMIN_LISTEN}={admin}: the same address as {ENV_LISTEN}"))
+                Some(admin) if Some(admin) == listen && admin.port() != 0 => {
+                    Err(format!("{}={admin}: the same address as {}", args.name("admin_listen"), args.name("listen")))
                 }
                 admin => Ok(admin),
             })
             .map_err(|e| problems.push(e))
             .unwrap_or_default();
-        let node =
-            regions.as_ref().and_then(|directory| node_config(&args, directory).map_err(|e| problems.extend(e)).ok());
-        match (store, regions, pointer_types, auth, node, limits) {
-            (Some(store), Some(regions), Some(pointer_types), Some(auth), Some(node), Some(limits))
+        let node = node_config(&args, regions.as_ref()).map_err(|e| problems.extend(e)).ok();
+        match (listen, store, regions, pointer_types, auth, node) {
+            (Some(listen), Some(store), Some(regions), Some(pointer_types), Some(auth), Some(node))
                 if problems.is_empty() =>
             {
                 Ok(Self {
-                    listen: args.listen,
+                    listen,
                     auth,
                     node,
                     store,
                     reference: ReferenceData { regions, pointer_types },
-                    shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
-                    request_timeout: Duration::from_millis(args.request_timeout_ms),
-                    max_concurrent_streams: args.max_concurrent_streams,
-                    limits,
+                    shutdown_grace: Duration::from_secs(shutdown_grace_secs),
+                    request_timeout: Duration::from_millis(request_timeout_ms),
+                    max_concurrent_streams,
+                    limits: limits.config,
                     admin: AdminConfig {
                         listen: admin_listen,
                         connections: ConnectionLimits::admin(
-                            args.admin_max_connections,
-                            limits.connections.handshake_timeout,
+                            limits.admin_max_connections,
+                            limits.config.connections.handshake_timeout,
                         ),
                         ..AdminConfig::default()
                     },
-                    memory_audit_retention: args.memory_audit_retention,
+                    memory_audit_retention,
                 })
             }
             _ => Err(ConfigError(problems)),
@@ -382,86 +467,37 @@ impl TryFrom<ServeArgs> for ServerConfig {
     }
 }
 
-/// The connection and call limits, from the flags. Every problem is reported.
-fn limits_config(args: &ServeArgs) -> Result<LimitsConfig, Vec<String>> {
-    let mut problems = Vec::new();
-    let at_least_one = [
-        (ENV_MAX_CONNECTIONS, args.max_connections as u64),
-        (ENV_ADMIN_MAX_CONNECTIONS, args.admin_max_connections as u64),
-        (ENV_HANDSHAKE_TIMEOUT, args.handshake_timeout_ms),
-        (ENV_IDLE_TIMEOUT, args.idle_timeout_ms),
-        (ENV_KEEPALIVE_INTERVAL, args.keepalive_interval_ms),
-        (ENV_KEEPALIVE_TIMEOUT, args.keepalive_timeout_ms),
-        (ENV_MAX_IN_FLIGHT, args.max_in_flight as u64),
-    ];
-    for (env, value) in at_least_one {
-        if value == 0 {
-            problems.push(format!("{env}: must be at least 1"));
-        }
-    }
-    if args.max_in_flight > tokio::sync::Semaphore::MAX_PERMITS {
-        problems.push(format!(
-            "{ENV_MAX_IN_FLIGHT}={}: must be at most {}",
-            args.max_in_flight,
-            tokio::sync::Semaphore::MAX_PERMITS
-        ));
-    }
-    if args.max_metadata_bytes < MIN_METADATA_BYTES {
-        problems.push(format!(
-            "{ENV_MAX_METADATA_BYTES}={}: must be at least {MIN_METADATA_BYTES}",
-            args.max_metadata_bytes
-        ));
-    }
-    if (args.max_header_list_bytes as usize) < args.max_metadata_bytes {
-        problems.push(format!(
-            "{ENV_MAX_HEADER_LIST_BYTES}={}: must be at least {ENV_MAX_METADATA_BYTES} ({}), or calls over that limit get \
-             HTTP 431 instead of a status",
-            args.max_header_list_bytes, args.max_metadata_bytes
-        ));
-    }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    Ok(LimitsConfig {
-        connections: ConnectionLimits {
-            max_connections: args.max_connections,
-            handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
-            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
-            call_timeout: None,
-        },
-        keepalive_interval: Duration::from_millis(args.keepalive_interval_ms),
-        keepalive_timeout: Duration::from_millis(args.keepalive_timeout_ms),
-        max_in_flight: args.max_in_flight,
-        max_metadata_bytes: args.max_metadata_bytes,
-        max_header_list_bytes: args.max_header_list_bytes,
-    })
-}
-
-/// The node's part in a federation, from the flags.
-fn node_config(args: &ServeArgs, directory: &RegionDirectory) -> Result<NodeConfig, Vec<String>> {
+/// The node's part in a federation, from the flags. The region codes are checked against the
+/// directory when it loaded (a broken directory is reported on its own).
+fn node_config(args: &ServeArgs, directory: Option<&RegionDirectory>) -> Result<NodeConfig, Vec<String>> {
     let mut problems = Vec::new();
     let mut regions = BTreeSet::new();
     for code in args.node_regions.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-        match directory.parse_code(code) {
-            Ok(region) => {
+        match directory.map(|directory| directory.parse_code(code)) {
+            Some(Ok(region)) => {
                 regions.insert(region);
             }
-            Err(e) => problems.push(format!("{ENV_NODE_REGIONS}: {code:?} {e}")),
+            Some(Err(e)) => problems.push(format!("{}: {code:?} {e}", args.name("node_regions"))),
+            None => {}
         }
     }
     let national_index = match args.federation.trim() {
         "off" | "" => false,
         "national" => true,
         other => {
-            problems.push(format!("{ENV_FEDERATION}={other:?}: expected `off` or `national`"));
+            problems.push(format!("{}={other:?}: expected `off` or `national`", args.name("federation")));
             false
         }
     };
     if national_index && !regions.is_empty() {
-        problems.push(format!("{ENV_FEDERATION}=national is for the national node: leave {ENV_NODE_REGIONS} empty"));
+        problems.push(format!(
+            "{}=national is for the national node: leave {} empty",
+            args.name("federation"),
+            args.name("node_regions")
+        ));
     }
     let peer_token = match &args.peer_token_file {
-        Some(path) => read(path, ENV_PEER_TOKEN_FILE)
+        Some(path) => read(path, &args.name("peer_token_file"))
             .map(|t| String::from_utf8_lossy(&t).trim().to_string())
             .map_err(|e| problems.push(e))
             .ok(),
@@ -473,8 +509,8 @@ fn node_config(args: &ServeArgs, directory: &RegionDirectory) -> Result<NodeConf
     Ok(NodeConfig { regions: (!regions.is_empty()).then_some(regions), national_index, peer_token })
 }
 
-fn read(path: &Path, env: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{env}={}: {e}", path.display()))
+fn read(path: &Path, name: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{name}={}: {e}", path.display()))
 }
 
 /// Authentication from the flags: JWT keys, TLS, mTLS clients. Every problem is reported.
@@ -482,13 +518,13 @@ fn auth_config(args: &ServeArgs) -> Result<AuthConfig, Vec<String>> {
     let mut problems = Vec::new();
     let mut keys = Vec::new();
     if let Some(path) = &args.jwt_hs256_secret_file {
-        match read(path, ENV_JWT_HS256_SECRET_FILE) {
+        match read(path, &args.name("jwt_hs256_secret_file")) {
             Ok(secret) => keys.push(VerifyingKey::Hs256Secret(secret.trim_ascii().to_vec())),
             Err(e) => problems.push(e),
         }
     }
     if let Some(path) = &args.jwt_public_key_file {
-        match read(path, ENV_JWT_PUBLIC_KEY_FILE) {
+        match read(path, &args.name("jwt_public_key_file")) {
             Ok(pem) => keys.push(VerifyingKey::PublicPem(pem)),
             Err(e) => problems.push(e),
         }
@@ -501,8 +537,9 @@ fn auth_config(args: &ServeArgs) -> Result<AuthConfig, Vec<String>> {
             .map_err(|e| problems.push(format!("JWT: {e}")))
             .ok()
     };
+    let (cert_name, key_name) = (args.name("tls_cert_file"), args.name("tls_key_file"));
     let tls = match (&args.tls_cert_file, &args.tls_key_file) {
-        (Some(cert), Some(key)) => match (read(cert, ENV_TLS_CERT_FILE), read(key, ENV_TLS_KEY_FILE)) {
+        (Some(cert), Some(key)) => match (read(cert, &cert_name), read(key, &key_name)) {
             (Ok(cert), Ok(key)) => Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key))),
             (cert, key) => {
                 problems.extend(cert.err().into_iter().chain(key.err()));
@@ -511,18 +548,19 @@ fn auth_config(args: &ServeArgs) -> Result<AuthConfig, Vec<String>> {
         },
         (None, None) => None,
         _ => {
-            problems.push(format!("{ENV_TLS_CERT_FILE} and {ENV_TLS_KEY_FILE} go together"));
+            problems.push(format!("{cert_name} and {key_name} go together"));
             None
         }
     };
+    let (ca_name, clients_name) = (args.name("tls_client_ca_file"), args.name("mtls_clients_file"));
     let (tls, mtls) = match (&args.tls_client_ca_file, &args.mtls_clients_file) {
         (None, None) => (tls, None),
         (Some(ca), Some(clients)) => {
-            let ca = read(ca, ENV_TLS_CLIENT_CA_FILE).map_err(|e| problems.push(e)).ok();
-            let clients = read(clients, ENV_MTLS_CLIENTS_FILE)
+            let ca = read(ca, &ca_name).map_err(|e| problems.push(e)).ok();
+            let clients = read(clients, &clients_name)
                 .and_then(|json| {
                     ClientDirectory::from_json(&String::from_utf8_lossy(&json))
-                        .map_err(|e| format!("{ENV_MTLS_CLIENTS_FILE}: {e}"))
+                        .map_err(|e| format!("{clients_name}: {e}"))
                 })
                 .map_err(|e| problems.push(e))
                 .ok();
@@ -533,14 +571,14 @@ fn auth_config(args: &ServeArgs) -> Result<AuthConfig, Vec<String>> {
                     clients.map(Arc::new),
                 ),
                 (None, _) => {
-                    problems.push(format!("{ENV_TLS_CLIENT_CA_FILE} needs {ENV_TLS_CERT_FILE} and {ENV_TLS_KEY_FILE}"));
+                    problems.push(format!("{ca_name} needs {cert_name} and {key_name}"));
                     (None, None)
                 }
                 (tls, None) => (tls, None),
             }
         }
         _ => {
-            problems.push(format!("{ENV_TLS_CLIENT_CA_FILE} and {ENV_MTLS_CLIENTS_FILE} go together"));
+            problems.push(format!("{ca_name} and {clients_name} go together"));
             (tls, None)
         }
     };
@@ -564,8 +602,12 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> Result<ServerConfig, ConfigError> {
-        let wrapper = Wrapper::try_parse_from(std::iter::once("nrl").chain(args.iter().copied()))
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Wrapper::command()
+            .try_get_matches_from(std::iter::once("nrl").chain(args.iter().copied()))
             .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        let mut wrapper = Wrapper::from_arg_matches(&matches).map_err(|e| ConfigError(vec![e.to_string()]))?;
+        wrapper.serve.origins = Origins::of(&matches);
         ServerConfig::try_from(wrapper.serve)
     }
 
@@ -596,6 +638,47 @@ mod tests {
     }
 
     #[test]
+    fn every_bad_number_is_reported_with_the_others_naming_the_flag() {
+        let err = parse(&[
+            "--request-timeout-ms",
+            "abc",
+            "--max-concurrent-streams",
+            "0",
+            "--memory-audit-retention",
+            "-1",
+            "--redis-wait-replicas",
+            "5000000000",
+            "--shutdown-grace-secs",
+            "99999999999999999999999999999999999999999",
+            "--federation",
+            "bogus",
+        ])
+        .expect_err("invalid");
+        assert_eq!(
+            err.0,
+            [
+                r#"--shutdown-grace-secs="99999999999999999999999999999999999999999": is too large"#,
+                r#"--request-timeout-ms="abc": is not a whole number"#,
+                r#"--max-concurrent-streams="0": must be at least 1"#,
+                r#"--redis-wait-replicas="5000000000": is too large"#,
+                r#"--memory-audit-retention="-1": must be at least 1"#,
+                r#"--federation="bogus": expected `off` or `national`"#,
+            ]
+        );
+        let config = parse(&["--request-timeout-ms", " 2500 ", "--max-concurrent-streams", "8"]).expect("valid");
+        assert_eq!((config.request_timeout, config.max_concurrent_streams), (Duration::from_millis(2500), 8));
+    }
+
+    #[test]
+    fn a_setting_not_given_is_named_both_ways() {
+        let err = parse(&["--listen", "0.0.0.0:50051", "--admin-listen", "off"]).expect_err("remote without auth");
+        assert!(
+            err.to_string().contains("Configure --jwt-public-key-file/NRL_JWT_PUBLIC_KEY_FILE (or --jwt-hs256"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn redis_urls_select_the_redis_store_and_never_echo_passwords() {
         let config =
             parse(&["--store", "redis+cluster://h1:7000,h2:7001", "--redis-wait-replicas", "1"]).expect("valid");
@@ -620,7 +703,7 @@ mod tests {
         }
         assert!(parse(&["--admin-listen", "0.0.0.0:9090"]).is_ok(), "no patient data: no authentication needed");
         let err = parse(&["--admin-listen", "nine"]).expect_err("not an address");
-        assert!(err.to_string().contains(ENV_ADMIN_LISTEN), "{err}");
+        assert!(err.to_string().contains("--admin-listen=\"nine\""), "{err}");
         let err = parse(&["--admin-listen", "127.0.0.1:50051"]).expect_err("clashes with the gRPC port");
         assert!(err.to_string().contains(ENV_LISTEN), "{err}");
     }
@@ -643,25 +726,25 @@ mod tests {
             "--max-connections",
             "0",
             "--idle-timeout-ms",
-            "0",
+            "soon",
             "--max-in-flight",
-            "0",
+            "-1",
             "--max-metadata-bytes",
             "100",
             "--max-header-list-bytes",
             "50",
         ])
         .expect_err("invalid");
-        for env in [
-            ENV_MAX_CONNECTIONS,
-            ENV_IDLE_TIMEOUT,
-            ENV_MAX_IN_FLIGHT,
-            ENV_MAX_METADATA_BYTES,
-            ENV_MAX_HEADER_LIST_BYTES,
-        ] {
-            assert!(err.to_string().contains(env), "{env} not reported: {err}");
-        }
-        assert_eq!(err.0.len(), 5, "{err}");
+        assert_eq!(
+            err.0,
+            [
+                r#"--max-connections="0": must be at least 1"#,
+                r#"--idle-timeout-ms="soon": is not a whole number"#,
+                r#"--max-in-flight="-1": must be at least 1"#,
+                r#"--max-metadata-bytes="100": must be at least 1024"#,
+                r#"--max-header-list-bytes="50": must be at least --max-metadata-bytes (1024), or calls over that get HTTP 431 instead of a status"#,
+            ]
+        );
     }
 
     #[test]

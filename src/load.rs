@@ -8,10 +8,13 @@
 //! - [`run`]: workers, connections, total/duration, rps pacing, timeouts, metadata.
 //! - [`report`]: ghz-style summary and JSON (HDR histogram percentiles, status codes, errors).
 //! - [`prepare`]: the data files the configs name, and bulk `fill` for the large runs.
+//! - [`frame`]: one call as a raw gRPC body (5-byte prefix + message) and headers, for h2load;
+//!   and bodies decoded back into JSON.
 //!
 //! Non-OK grpc-status is an error, as in ghz; latency figures cover OK calls only (ghz's default).
 
 pub mod config;
+pub mod frame;
 pub mod prepare;
 pub mod report;
 pub mod run;

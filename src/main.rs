@@ -1,9 +1,9 @@
 //! `nrl`: parse the command line, set up logging, run the chosen subcommand. Everything testable
 //! lives in the library.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use nrl_registry::cli::{Cli, Command, LogFormat};
-use nrl_registry::config::ServerConfig;
+use nrl_registry::config::{Origins, ServerConfig};
 use nrl_registry::{server, telemetry};
 use std::process::ExitCode;
 
@@ -11,8 +11,11 @@ use std::process::ExitCode;
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    // Parsed in two steps to keep the matches: they say which settings came from flags and which
+    // from the environment, so that configuration errors name what the user typed.
+    let parsed = Cli::command().try_get_matches().and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS };
@@ -26,7 +29,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => {
+        Command::Serve(mut args) => {
+            if let Some(("serve", serve)) = matches.subcommand() {
+                args.origins = Origins::of(serve);
+            }
             telemetry::init(cli.log_format == LogFormat::Json);
             let config = match ServerConfig::try_from(args) {
                 Ok(config) => config,

@@ -3,7 +3,7 @@
 //! Each server owns its registry (`prometheus-client`, no global recorder), so two servers in one
 //! process, as in the tests, never mix their counts. Every label is bounded by construction: a
 //! gRPC method is one the server serves (anything else is `other`), a code is one of the 17 gRPC
-//! codes, a store operation and outcome come from fixed lists. Nothing from a request reaches a
+//! codes, a store operation and outcome, and an audited operation, come from fixed lists. Nothing from a request reaches a
 //! label, so neither can an NHS number.
 //!
 //! - [`rpc`]: the tower layer that counts and times every call.
@@ -65,6 +65,42 @@ struct BackendLabels {
     backend: &'static str,
 }
 
+/// The labels of one refused or failed call the audit recorded (`nrl_refusals_total`), each from
+/// a fixed list: an operation the audit records, and a gRPC code name. Anything else is `other`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refusal {
+    operation: &'static str,
+    code: &'static str,
+}
+
+/// The operations the registry records audit events for: the `operation` label's values.
+pub const AUDITED_OPERATIONS: [&str; 15] = [
+    "CreatePointer",
+    "BatchCreatePointers",
+    "GetPointer",
+    "UpdatePointer",
+    "DeletePointer",
+    "SupersedePointer",
+    "SearchPointers",
+    "CountPointers",
+    "LocatePatient",
+    "SetRestriction",
+    "GetRestriction",
+    "GetAccessLog",
+    "StreamAuditEvents",
+    "FederatedSearch",
+    "FederatedSearchStream",
+];
+
+impl Refusal {
+    /// The labels for an event's operation and outcome, bounded whatever they say.
+    pub fn of(operation: &str, code: &str) -> Self {
+        let operation = AUDITED_OPERATIONS.iter().find(|known| **known == operation).copied().unwrap_or("other");
+        let code = (0..17).map(|n| code_name(Code::from_i32(n))).find(|known| *known == code).unwrap_or("other");
+        Self { operation, code }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: &'static str,
@@ -107,6 +143,7 @@ pub struct Metrics {
     connections_closed: Family<ListenerReasonLabels, Counter>,
     accept_errors: Family<ListenerReasonLabels, Counter>,
     calls_shed: Counter,
+    refusals: Family<Refusal, Counter>,
 }
 
 impl Metrics {
@@ -205,6 +242,12 @@ impl Metrics {
             "Calls refused with RESOURCE_EXHAUSTED at once because NRL_MAX_IN_FLIGHT calls were in flight",
             calls_shed.clone(),
         );
+        let refusals = Family::<Refusal, Counter>::default();
+        registry.register(
+            "nrl_refusals",
+            "Calls refused or failed (any outcome but OK), recorded in the audit export only, by operation and gRPC code",
+            refusals.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -231,6 +274,7 @@ impl Metrics {
             connections_closed,
             accept_errors,
             calls_shed,
+            refusals,
         }
     }
 
@@ -282,6 +326,11 @@ impl Metrics {
     /// `n` audit events dropped past the memory store's retention.
     pub fn audit_events_dropped(&self, n: u64) {
         self.audit_events_dropped.inc_by(n);
+    }
+
+    /// A refused or failed call whose audit event was recorded.
+    pub fn refusal(&self, refusal: &Refusal) {
+        self.refusals.get_or_create(refusal).inc();
     }
 
     pub fn set_store_up(&self, up: bool) {

@@ -6,6 +6,12 @@
 //! Every public operation has one shape: ask `auth::policy` whether the caller may, act, then write
 //! an audit event (outcome included, denials too). If the audit event cannot be written the call
 //! fails: nothing is shown without a record of it.
+//!
+//! Where the event goes depends on what the call did ([`Access`]): one that read or changed the
+//! patient's data goes to the patient's own log and the export; anything else (a refusal, an
+//! invalid request, a failure, a read that found nothing) to the export only. So no caller can
+//! write into a patient's log without having touched the patient's data: a flood of refused reads
+//! neither fills a log that is kept in full nor buries what the patient needs to see.
 
 use crate::auth::policy::{self, ReadScope};
 use crate::auth::Caller;
@@ -56,6 +62,29 @@ pub struct Registry {
 
 /// The largest page of audit events.
 pub const MAX_AUDIT_PAGE: usize = 500;
+
+/// What an answered call did with the patient's data, for its audit event.
+struct Access {
+    /// Pointers returned or changed.
+    pointer_ids: Vec<PointerId>,
+    break_glass: bool,
+    /// It showed or changed something of the patient's: only then is the event also kept in the
+    /// patient's own log.
+    disclosed: bool,
+}
+
+impl Access {
+    /// Pointers shown or changed: a disclosure when there are any.
+    fn pointers(pointer_ids: Vec<PointerId>, break_glass: bool) -> Self {
+        Self { disclosed: !pointer_ids.is_empty(), pointer_ids, break_glass }
+    }
+
+    /// Something of the patient's other than pointers, shown or changed when `disclosed` (a count
+    /// above zero, the restriction flag, the access log).
+    fn patient_data(disclosed: bool, break_glass: bool) -> Self {
+        Self { pointer_ids: vec![], break_glass, disclosed }
+    }
+}
 
 impl Registry {
     pub fn new(
@@ -135,7 +164,9 @@ impl Registry {
         &self.audit
     }
 
-    fn event(&self, caller: &Caller, operation: &str, nhs_number: NhsNumber) -> AuditEvent {
+    /// An OK event of `caller`'s `operation` on `nhs_number`'s data (for the patient's log and the
+    /// export until the call's outcome says otherwise).
+    fn event(&self, caller: &Caller, operation: &str, nhs_number: Option<NhsNumber>) -> AuditEvent {
         AuditEvent {
             cursor: None,
             time: self.clock.now(),
@@ -148,30 +179,58 @@ impl Registry {
             pointer_ids: vec![],
             outcome: "OK".into(),
             break_glass: false,
+            export_only: false,
         }
     }
 
     /// Records the outcome of an operation on a patient's pointers, then returns it; if the record
-    /// cannot be written, the operation's answer is withheld and the call fails.
+    /// cannot be written, the operation's answer is withheld and the call fails. An error, or an
+    /// answer that disclosed nothing, is recorded in the export only.
     async fn audited<T>(
         &self,
         caller: &Caller,
         operation: &str,
         nhs_number: NhsNumber,
         result: Result<T, RegistryError>,
-        touched: impl FnOnce(&T) -> (Vec<PointerId>, bool),
+        touched: impl FnOnce(&T) -> Access,
     ) -> Result<T, RegistryError> {
-        let mut event = self.event(caller, operation, nhs_number);
+        let mut event = self.event(caller, operation, Some(nhs_number));
         match &result {
-            Ok(value) => (event.pointer_ids, event.break_glass) = touched(value),
-            Err(error) => event.outcome = error.code_name().to_string(),
+            Ok(value) => {
+                let access = touched(value);
+                (event.pointer_ids, event.break_glass, event.export_only) =
+                    (access.pointer_ids, access.break_glass, !access.disclosed);
+            }
+            Err(error) => {
+                event.outcome = error.code_name().to_string();
+                event.export_only = true;
+            }
         }
         match self.record(vec![event]).await {
             Ok(()) => result,
-            Err(e) => {
-                tracing::error!(error = %e, operation, "audit write failed; withholding the answer");
-                Err(RegistryError::Unavailable(format!("the audit log cannot be written ({e}); nothing was returned")))
-            }
+            Err(e) => Err(Self::unrecorded(operation, &e)),
+        }
+    }
+
+    /// The answer of a call whose audit event could not be written.
+    fn unrecorded(operation: &str, e: &StoreError) -> RegistryError {
+        tracing::error!(error = %e, operation, "audit write failed; withholding the answer");
+        RegistryError::Unavailable(format!("the audit log cannot be written ({e}); nothing was returned"))
+    }
+
+    /// Records a call refused before it reached a patient's data, with no patient: an invalid
+    /// request (the gRPC edge sends its validation failures here), or an id that is no pointer
+    /// of this registry (a forged id may decode to a real, unrelated patient). Export only.
+    /// Returns the error to answer: `error`, or UNAVAILABLE if it cannot be recorded.
+    pub async fn refuse(&self, caller: &Caller, operation: &'static str, error: RegistryError) -> RegistryError {
+        let event = AuditEvent {
+            outcome: error.code_name().to_string(),
+            export_only: true,
+            ..self.event(caller, operation, None)
+        };
+        match self.record(vec![event]).await {
+            Ok(()) => error,
+            Err(e) => Self::unrecorded(operation, &e),
         }
     }
 
@@ -189,7 +248,7 @@ impl Registry {
         operation: &str,
         nhs_number: NhsNumber,
         result: Result<T, RegistryError>,
-        touched: impl FnOnce(&T) -> (Vec<PointerId>, bool),
+        touched: impl FnOnce(&T) -> Access,
     ) -> Result<T, RegistryError> {
         match result {
             Ok(value) if recorded(&value) => Ok(value),
@@ -207,7 +266,7 @@ impl Registry {
 
     pub async fn get(&self, caller: &Caller, id: PointerId) -> Result<Pointer, RegistryError> {
         let Some((pointer, restricted)) = self.store.get_for_read(id).await? else {
-            return Err(rules::not_found(id));
+            return Err(self.refuse(caller, "GetPointer", rules::not_found(id)).await);
         };
         let nhs = pointer.draft.nhs_number;
         let result = policy::read_scope(caller, restricted, []).and_then(|scope| {
@@ -218,7 +277,9 @@ impl Registry {
                 Err(rules::not_found(id))
             }
         });
-        self.audited(caller, "GetPointer", nhs, result, |(p, glass)| (vec![p.id], *glass)).await.map(|(p, _)| p)
+        self.audited(caller, "GetPointer", nhs, result, |(p, glass)| Access::pointers(vec![p.id], *glass))
+            .await
+            .map(|(p, _)| p)
     }
 
     /// The patient's pointers this caller may see, and how it may see them.
@@ -246,7 +307,7 @@ impl Registry {
             Err(e) => Err(e),
         };
         self.audited(caller, "SearchPointers", query.nhs_number, result, |(page, glass)| {
-            (page.pointers.iter().map(|p| p.id).collect(), *glass && !page.pointers.is_empty())
+            Access::pointers(page.pointers.iter().map(|p| p.id).collect(), *glass && !page.pointers.is_empty())
         })
         .await
         .map(|(page, _)| page)
@@ -258,9 +319,11 @@ impl Registry {
             Err(e @ RegistryError::Unavailable(_)) => return Err(e),
             Err(e) => Err(e),
         };
-        self.audited(caller, "CountPointers", query.nhs_number, result, |(n, glass)| (vec![], *glass && *n > 0))
-            .await
-            .map(|(n, _)| n)
+        self.audited(caller, "CountPointers", query.nhs_number, result, |(n, glass)| {
+            Access::patient_data(*n > 0, *glass && *n > 0)
+        })
+        .await
+        .map(|(n, _)| n)
     }
 
     pub async fn locate(&self, caller: &Caller, nhs_number: NhsNumber) -> Result<Vec<RegionSummary>, RegistryError> {
@@ -276,7 +339,7 @@ impl Registry {
             Err(e) => Err(e),
         };
         self.audited(caller, "LocatePatient", nhs_number, result, |(_, ids, glass)| {
-            (ids.clone(), *glass && !ids.is_empty())
+            Access::pointers(ids.clone(), *glass && !ids.is_empty())
         })
         .await
         .map(|(regions, _, _)| regions)
@@ -297,7 +360,7 @@ impl Registry {
             (summarise(visible.iter().map(|e| (&e.region, &e.pointer_type, e.updated_at))), ids, scope.break_glass)
         });
         self.audited(caller, "LocatePatient", nhs_number, result, |(_, ids, glass)| {
-            (ids.clone(), *glass && !ids.is_empty())
+            Access::pointers(ids.clone(), *glass && !ids.is_empty())
         })
         .await
         .map(|(regions, _, _)| regions)
@@ -313,7 +376,7 @@ impl Registry {
             Ok(()) => self.store.set_restriction(nhs_number, restricted).await.map(|()| restricted).map_err(Into::into),
             Err(e) => Err(e),
         };
-        self.audited(caller, "SetRestriction", nhs_number, result, |_| (vec![], false)).await
+        self.audited(caller, "SetRestriction", nhs_number, result, |_| Access::patient_data(true, false)).await
     }
 
     pub async fn restriction(&self, caller: &Caller, nhs_number: NhsNumber) -> Result<bool, RegistryError> {
@@ -321,7 +384,7 @@ impl Registry {
             Ok(()) => self.store.patient_record(nhs_number).await.map(|r| r.restricted).map_err(Into::into),
             Err(e) => Err(e),
         };
-        self.audited(caller, "GetRestriction", nhs_number, result, |_| (vec![], false)).await
+        self.audited(caller, "GetRestriction", nhs_number, result, |_| Access::patient_data(true, false)).await
     }
 
     /// Who accessed a patient's pointers, newest first. Reading the log is itself recorded.
@@ -338,7 +401,7 @@ impl Registry {
             }
             Err(e) => Err(e),
         };
-        self.audited(caller, "GetAccessLog", nhs_number, result, |_| (vec![], false)).await
+        self.audited(caller, "GetAccessLog", nhs_number, result, |_| Access::patient_data(true, false)).await
     }
 
     /// The export: every event after `after`, oldest first.
@@ -348,7 +411,9 @@ impl Registry {
         after: Option<String>,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, RegistryError> {
-        policy::check_audit_export(caller)?;
+        if let Err(refusal) = policy::check_audit_export(caller) {
+            return Err(self.refuse(caller, "StreamAuditEvents", refusal).await);
+        }
         Ok(self.audit.events_after(after, limit.clamp(1, MAX_AUDIT_PAGE)).await?)
     }
 

@@ -85,8 +85,12 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let admin = AdminServer::start(&config.admin, config.store.backend_name()).await.map_err(ServeError::Admin)?;
     // Every store call from here on goes through the metering decorators.
-    let stores =
-        open_store(&config, admin.metrics()).await?.metered(admin.metrics()).group_commit_audit(admin.metrics());
+    let mut stores = open_store(&config, admin.metrics()).await?.metered(admin.metrics());
+    if matches!(config.store, StoreConfig::Redis(_)) {
+        // A Redis round trip is worth sharing; the memory store's append is a lock and a push,
+        // cheaper than handing the event to a writer task and back.
+        stores = stores.group_commit_audit(admin.metrics());
+    }
     let store = stores.pointers.clone();
     let backend = store.backend();
     let reference = Arc::new(config.reference.clone());

@@ -1,6 +1,7 @@
 //! Logging setup: structured tracing to stderr, as text or JSON (`NRL_LOG_FORMAT=json`), filtered
-//! by `RUST_LOG` (default `info`). NHS numbers never reach a log: `NhsNumber`'s Debug hides them
-//! and no handler logs request bodies.
+//! by `RUST_LOG` (default `info`). NHS numbers never reach a log: `NhsNumber`'s Debug hides them,
+//! no handler logs request bodies, and a caller-supplied value (a request id, a token's subject or
+//! organisation) is logged only when [`is_log_safe`]: no ten digits in a row in any format.
 //!
 //! [`RequestIdLayer`] gives every gRPC call a request id and a span (`rpc`: method, request_id,
 //! caller_org), so every log line of the call carries them; the id goes back in `x-request-id`.
@@ -33,29 +34,86 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Accepted instead of `x-request-id` when that is absent.
 pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
 /// Longest request id taken from a caller; a longer one is replaced.
-pub const MAX_REQUEST_ID_LEN: usize = 128;
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+/// What a caller-supplied value that may not be logged is logged as.
+pub const REDACTED: &str = "redacted";
+/// How many UUIDs to try for a generated id before falling back to one with letters for digits
+/// (a UUID's hex has ten digits in a row, across its dashes, in about 1 of 12 ids).
+const GENERATE_ATTEMPTS: usize = 8;
 
 /// The call's request id, in the request's extensions for handlers (and audit) to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestId(pub Arc<str>);
 
-/// The caller's `x-request-id` (else `x-correlation-id`) when it is usable, else a new UUIDv7.
-/// Usable: 1-128 characters from `A-Z a-z 0-9 - _ . : / + = @`, and not an NHS number (a caller
-/// using the patient as its correlation id must not put the patient in our logs).
+/// The caller's `x-request-id` (else `x-correlation-id`) when it is [`log_safe`], else a new id.
+/// A caller using the patient as its correlation id, in whatever format, must not put the patient
+/// in our logs or have it echoed back in our answers.
 pub fn request_id(headers: &HeaderMap) -> Arc<str> {
     [REQUEST_ID_HEADER, CORRELATION_ID_HEADER]
         .iter()
         .filter_map(|name| headers.get(*name)?.to_str().ok())
         .map(str::trim)
-        .find(|id| usable_request_id(id))
+        .find(|id| is_log_safe(id))
         .map(Arc::from)
-        .unwrap_or_else(|| Arc::from(uuid::Uuid::now_v7().to_string()))
+        .unwrap_or_else(generated_id)
 }
 
-fn usable_request_id(id: &str) -> bool {
-    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
-        && crate::domain::NhsNumber::parse(id).is_err()
+/// A new request id: a UUIDv7 (ordered by time) that is itself log-safe.
+fn generated_id() -> Arc<str> {
+    safe_id_from(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// The first log-safe id of [`GENERATE_ATTEMPTS`] from `next`; failing that, the last with its
+/// digits mapped to letters outside hex, which keeps it unique and takes every digit out. (The
+/// ids of one millisecond share their first 12 hex digits, so all of them can fail together.)
+fn safe_id_from(mut next: impl FnMut() -> String) -> Arc<str> {
+    let mut id = next();
+    for _ in 1..GENERATE_ATTEMPTS {
+        if is_log_safe(&id) {
+            return Arc::from(id);
+        }
+        id = next();
+    }
+    if is_log_safe(&id) {
+        return Arc::from(id);
+    }
+    Arc::from(id.chars().map(|c| c.to_digit(10).map_or(c, |d| char::from(b'g' + d as u8))).collect::<String>())
+}
+
+/// Is `value` safe to log and echo: 1-64 characters from `A-Z a-z 0-9 . _ : -`, and no ten digits
+/// in a row once separators are ignored (`9434765919`, `req-9434765919`, `943.476.5919`,
+/// `943-476-5919`, `nhs:943_476_5919`): an NHS number in any format, or anything that could hide one.
+pub fn is_log_safe(value: &str) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        && !has_digit_run(value)
+}
+
+/// Ten digits in a row, reading across anything that is not a letter (separators, spaces,
+/// punctuation): how an NHS number is written in any format.
+pub fn has_digit_run(text: &str) -> bool {
+    let mut run = 0;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run += 1;
+            if run >= 10 {
+                return true;
+            }
+        } else if c.is_alphabetic() {
+            run = 0;
+        }
+    }
+    false
+}
+
+/// A caller-supplied value (a token's subject or organisation, an end user) as a log line may
+/// show it: itself when [`is_log_safe`], else [`REDACTED`].
+pub fn log_safe(value: &str) -> &str {
+    if is_log_safe(value) {
+        value
+    } else {
+        REDACTED
+    }
 }
 
 /// Wraps the gRPC services: a request id and an `rpc` span per call. Outermost, so everything
@@ -100,7 +158,7 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let id = request_id(request.headers());
-        // Only the characters checked above get here, so the header value is always valid.
+        // Only log-safe characters get here, so the header value is always valid.
         let header = HeaderValue::from_str(&id).ok();
         if let Some(header) = &header {
             request.headers_mut().insert(REQUEST_ID_HEADER, header.clone());
@@ -163,12 +221,71 @@ mod tests {
             "x-request-id wins"
         );
         let long = "a".repeat(MAX_REQUEST_ID_LEN + 1);
-        for unusable in ["", "has space", "quote\"", long.as_str(), "9434765919", "943-476-5919"] {
-            let id = request_id(&headers(&[(REQUEST_ID_HEADER, unusable)]));
+        let longest = "a".repeat(MAX_REQUEST_ID_LEN);
+        assert_eq!(&*request_id(&headers(&[(REQUEST_ID_HEADER, &longest)])), longest.as_str());
+        for kept in ["01a1fc34-f9d2-7773-ade5-d1aba520e85f", "req:943.476.591", "a_b.c-d:9", "123456789x1"] {
+            assert_eq!(&*request_id(&headers(&[(REQUEST_ID_HEADER, kept)])), kept);
+        }
+        let unusable = [
+            "",
+            "has space",
+            "quote\"",
+            "a/b",
+            "a+b=c@d",
+            long.as_str(),
+            "9434765919",
+            "943-476-5919",
+            "req-9434765919",
+            "943.476.5919",
+            "9434765919a",
+            "nhs:9434765919",
+            "943_476_5919",
+            "9434765919.1",
+            "x94347659190",
+            "9-4-3-4-7-6-5-9-1-9",
+        ];
+        for unusable in unusable {
+            let id = request_id(&headers(&[(REQUEST_ID_HEADER, unusable), (CORRELATION_ID_HEADER, unusable)]));
             assert_ne!(&*id, unusable);
             assert!(uuid::Uuid::parse_str(&id).is_ok(), "{unusable:?} replaced by a UUID, got {id}");
         }
+        assert_eq!(
+            &*request_id(&headers(&[(REQUEST_ID_HEADER, "req-9434765919"), (CORRELATION_ID_HEADER, "corr-8")])),
+            "corr-8",
+            "an unusable x-request-id gives way to a usable x-correlation-id"
+        );
         assert!(uuid::Uuid::parse_str(&request_id(&HeaderMap::new())).is_ok());
+    }
+
+    #[test]
+    fn digit_runs_are_read_across_separators_but_not_letters() {
+        for run in ["9434765919", "943 476 5919", "943-476-5919", "943.476.5919", "(943) 476/5919", "0123456789012"] {
+            assert!(has_digit_run(run), "{run}");
+        }
+        for none in ["", "943476591", "943476591x9", "uuid-0193-a1b2", "RR8", "qwo-shared-care"] {
+            assert!(!has_digit_run(none), "{none}");
+        }
+        assert_eq!(log_safe("qwo-shared-care"), "qwo-shared-care");
+        assert_eq!(log_safe("RR8.X01"), "RR8.X01");
+        for unsafe_value in ["943.476.5919", "app 9434765919", "dr.jones@nhs.net", ""] {
+            assert_eq!(log_safe(unsafe_value), REDACTED, "{unsafe_value}");
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_log_safe() {
+        for _ in 0..10_000 {
+            let id = generated_id();
+            assert!(is_log_safe(&id), "{id}");
+        }
+        let mut calls = 0;
+        let digits = safe_id_from(|| {
+            calls += 1;
+            "01935671-2345-7abc-8def-0123456789ab".to_string()
+        });
+        assert_eq!(calls, GENERATE_ATTEMPTS, "bounded attempts");
+        assert_eq!(&*digits, "ghpjlmnh-ijkl-nabc-odef-ghijklmnopab", "digits become letters");
+        assert!(is_log_safe(&digits));
     }
 
     /// Captures what the JSON formatter writes.

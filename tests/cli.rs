@@ -405,6 +405,23 @@ fn server_errors_print_the_code_and_exit_1() {
     let unknown = server.nrl(&["get", "01a1fc10-2c56-76a5-b751-7db6f4987a30"]);
     assert_eq!(unknown.code, Some(1), "{unknown:#?}");
     assert!(unknown.stderr.starts_with("nrl get: NOT_FOUND: "), "{unknown:#?}");
+    // An ODS suffix of two characters: the message says it is the suffix, and what it must be.
+    let dir = scratch("ods-suffix");
+    let file = write(
+        &dir,
+        "suffix.json",
+        &pointer_file("DOC-S", "https://x.example.nhs.uk/1")
+            .replace(r#""custodian": "RR8""#, r#""custodian": "RR8.X1""#),
+    );
+    let suffix = server.nrl(&["create", &file]);
+    assert_eq!(suffix.code, Some(1), "{suffix:#?}");
+    assert!(
+        suffix.stderr.starts_with(
+            "nrl create: INVALID_ARGUMENT: pointer.custodian: the .SUFFIX after the organisation code must also be 3 \
+             to 12 letters or digits"
+        ),
+        "{suffix:#?}"
+    );
 }
 
 #[test]
@@ -450,4 +467,58 @@ fn seed_reports_failed_entries_and_exits_non_zero() {
     assert_eq!(u64_of(&summary, "/failed"), 1);
     assert_eq!(u64_of(&summary, "/existing"), 2);
     assert_eq!(array_of(&summary, "/errors").len(), 1);
+}
+
+/// Runs `nrl serve` with a broken configuration and only the `NRL_*` variables given: it must
+/// refuse at once with exit 64 (under the harness's watchdog, so a server that wrongly starts is
+/// killed). Returns what it printed.
+fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = testkit::process::TempDir::new("nrl-cli-config");
+    let log = dir.join("serve.log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nrl"));
+    command.arg("serve").args(args);
+    for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("NRL_")) {
+        command.env_remove(key);
+    }
+    command.env("NRL_ADMIN_LISTEN", "off").envs(env.iter().copied());
+    let exit = testkit::process::Watched::spawn(&command, &log).wait_timeout(std::time::Duration::from_secs(20));
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(exit.and_then(|status| status.code()), Some(64), "{args:?} {env:?}: {output}");
+    assert!(output.starts_with("nrl serve: invalid configuration:\n"), "{output}");
+    output
+}
+
+#[test]
+fn serve_reports_every_bad_setting_at_once_naming_the_flag_or_the_variable() {
+    let bad = [
+        ("--federation", "NRL_FEDERATION", "bogus", r#"="bogus": expected `off` or `national`"#),
+        ("--request-timeout-ms", "NRL_REQUEST_TIMEOUT_MS", "abc", r#"="abc": is not a whole number"#),
+        ("--max-concurrent-streams", "NRL_MAX_CONCURRENT_STREAMS", "0", r#"="0": must be at least 1"#),
+        ("--memory-audit-retention", "NRL_MEMORY_AUDIT_RETENTION", "-1", r#"="-1": must be at least 1"#),
+        ("--listen", "NRL_LISTEN", "nowhere", r#"="nowhere": invalid socket address syntax"#),
+    ];
+    // As flags: every one reported, by its flag, and no variable named.
+    let flags: Vec<&str> = bad.iter().flat_map(|(flag, _, value, _)| [*flag, *value]).collect();
+    let output = serve_refused(&flags, &[]);
+    for (flag, env, _, problem) in &bad {
+        assert!(output.contains(&format!("  {flag}{problem}")), "{flag}: {output}");
+        assert!(!output.contains(env), "{env} was not used: {output}");
+    }
+    assert_eq!(output.lines().count(), 1 + bad.len(), "one line per problem: {output}");
+
+    // The same values from the environment: each named by its variable.
+    let env: Vec<(&str, &str)> = bad.iter().map(|(_, env, value, _)| (*env, *value)).collect();
+    let output = serve_refused(&[], &env);
+    for (flag, env, _, problem) in &bad {
+        assert!(output.contains(&format!("  {env}{problem}")), "{env}: {output}");
+        assert!(!output.contains(&format!("{flag}=")), "{flag} was not used: {output}");
+    }
+
+    // Both: the flag wins over the variable, and is the one named.
+    let output = serve_refused(
+        &["--request-timeout-ms", "abc"],
+        &[("NRL_REQUEST_TIMEOUT_MS", "5000"), ("NRL_FEDERATION", "bogus")],
+    );
+    assert!(output.contains(r#"  --request-timeout-ms="abc": is not a whole number"#), "{output}");
+    assert!(output.contains(r#"  NRL_FEDERATION="bogus""#) && !output.contains("NRL_REQUEST_TIMEOUT_MS"), "{output}");
 }

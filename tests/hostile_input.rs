@@ -8,7 +8,8 @@
 //! - Arbitrary bytes (and mutated encodings of valid messages) are decoded with prost as each
 //!   request type; whatever decodes goes through the same conversions.
 //! - Over the wire: raw gRPC frames of random bytes, and broken framing, to every method of a real
-//!   server. Each gets a gRPC status; the server keeps serving.
+//!   server. Each gets a gRPC status, never INTERNAL (a broken request is INVALID_ARGUMENT naming
+//!   its type, on every RPC); the server keeps serving.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body as _, Frame};
@@ -618,9 +619,13 @@ fn frame(flag: u8, declared: u32, payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
-/// How the server answered a raw call: the grpc-status (None: the response stream was still open
-/// when we stopped reading).
-async fn raw_call(channel: &mut tonic::transport::Channel, method: &str, body: Bytes) -> Result<Option<i32>, String> {
+/// How the server answered a raw call: the grpc-status and grpc-message (None: the response stream
+/// was still open when we stopped reading).
+async fn raw_call(
+    channel: &mut tonic::transport::Channel,
+    method: &str,
+    body: Bytes,
+) -> Result<Option<(i32, String)>, String> {
     let request = http::Request::builder()
         .method("POST")
         .uri(method)
@@ -636,9 +641,12 @@ async fn raw_call(channel: &mut tonic::transport::Channel, method: &str, body: B
     if response.status() != http::StatusCode::OK {
         return Err(format!("HTTP status {}", response.status()));
     }
-    let parse = |value: &http::HeaderValue| value.to_str().ok().and_then(|v| v.parse::<i32>().ok());
-    if let Some(status) = response.headers().get("grpc-status") {
-        return parse(status).map(Some).ok_or_else(|| format!("unparsable grpc-status {status:?}"));
+    let status = |headers: &http::HeaderMap| {
+        let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+        Some((code, headers.get("grpc-message").map(|m| percent_decoded(m.as_bytes())).unwrap_or_default()))
+    };
+    if let Some(answer) = status(response.headers()) {
+        return Ok(Some(answer));
     }
     let mut body = response.into_body();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
@@ -651,12 +659,24 @@ async fn raw_call(channel: &mut tonic::transport::Channel, method: &str, body: B
             Ok(Some(Err(e))) => return Err(format!("response body error: {e}")),
             Ok(Some(Ok(frame))) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    let status = trailers.get("grpc-status").ok_or("trailers without grpc-status")?;
-                    return parse(status).map(Some).ok_or_else(|| format!("unparsable grpc-status {status:?}"));
+                    return status(&trailers).map(Some).ok_or("trailers without a (numeric) grpc-status".into());
                 }
             }
         }
     }
+}
+
+/// A grpc-message header's text (percent-encoded on the wire).
+fn percent_decoded(mut bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    while let Some((&byte, rest)) = bytes.split_first() {
+        let hex = rest.get(..2).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (byte, hex) {
+            (b'%', Some(decoded)) => (out.push(decoded), bytes = &rest[2..]),
+            _ => (out.push(byte), bytes = rest),
+        };
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,10 +711,14 @@ async fn raw_frames_of_random_bytes_get_a_grpc_status_and_the_server_keeps_servi
                 _ => (Bytes::from(payload.clone()), true, false),         // no framing at all
             };
             match raw_call(&mut channel, method, body).await {
-                Ok(Some(code)) => {
+                Ok(Some((code, message))) => {
                     *answered.entry(code).or_default() += 1;
                     if !(0..=16).contains(&code) {
                         failures.push(format!("{method} round {round}: grpc-status {code} is not a gRPC code"));
+                    }
+                    // UNKNOWN or INTERNAL would blame the server (and fire its alert) for the caller's bytes.
+                    if code == 2 || code == 13 {
+                        failures.push(format!("{method} round {round}: grpc-status {code} for junk: {message}"));
                     }
                     if must_fail && code == 0 {
                         failures.push(format!("{method} round {round}: an undecodable request answered OK"));
@@ -732,4 +756,45 @@ async fn raw_frames_of_random_bytes_get_a_grpc_status_and_the_server_keeps_servi
         .await
         .expect("a new connection is served");
     server.stop().await.expect("the server shuts down cleanly: it never crashed");
+}
+
+/// The federation's RPCs: with `METHODS`, every RPC of every `nrl.v1` service.
+const FEDERATION_METHODS: &[&str] = &[
+    "/nrl.v1.ChangeFeed/WatchPointers",
+    "/nrl.v1.ChangeFeed/SnapshotPointers",
+    "/nrl.v1.FederatedLocator/FederatedSearch",
+    "/nrl.v1.FederatedLocator/FederatedSearchStream",
+];
+
+/// A body that is not the request type, or not framed as gRPC says, is the caller's error:
+/// INVALID_ARGUMENT naming the type and what is wrong, on every RPC, before any handler runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_answers_a_broken_request_with_invalid_argument_naming_its_type() {
+    let server = TestServer::start(StoreConfig::Memory).await;
+    let mut channel = server.channel.clone();
+    let mut failures = Vec::new();
+    for method in METHODS.iter().chain(FEDERATION_METHODS) {
+        // `/nrl.v1.PointerRegistry/CreatePointer` takes `nrl.v1.CreatePointerRequest`; both searches
+        // take `nrl.v1.FederatedSearchRequest`.
+        let rpc = method.rsplit('/').next().unwrap_or_default().trim_end_matches("Stream");
+        let message = format!("nrl.v1.{rpc}Request");
+        let cases = [
+            // Field 1 with wire type 7, which no protobuf message has.
+            ("undecodable", frame(0, 1, &[0x0f]), "not a valid protobuf message (invalid wire type value: 7)"),
+            // A string field cut short: valid framing, an invalid message.
+            ("cut", frame(0, 2, &[0x0a, 0x05]), "not a valid protobuf message"),
+            ("compressed", frame(1, 2, &[0x08, 0x01]), "the message is marked compressed (flag 1) but the call"),
+            ("bad flag", frame(0x80, 0, &[]), "the message's compressed-flag is 128; it must be 0 or 1"),
+            ("torn", frame(0, 10, &[0x08]), "the body ends before the message its gRPC header announced"),
+            ("no message", Bytes::new(), "the call carries no request message"),
+        ];
+        for (what, body, says) in cases {
+            match raw_call(&mut channel, method, body).await {
+                Ok(Some((3, text))) if text.starts_with(&format!("{message}: {says}")) => {}
+                other => failures.push(format!("{method}, {what}: {other:?}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} wrong answers:\n{}", failures.len(), failures.join("\n"));
+    server.stop().await.expect("the server shuts down cleanly");
 }

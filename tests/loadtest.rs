@@ -1,22 +1,30 @@
 //! The load-test kit, without timing anything: every ghz config in `loadtest/` is one real ghz
 //! accepts and that resolves here (keys, call, data after template expansion, metadata,
 //! durations), and the in-repo runner makes a small number of calls of each against a real
-//! in-process server with no errors, while non-OK statuses are counted as errors.
+//! in-process server with no errors, while non-OK statuses are counted as errors. The raw gRPC
+//! bodies `nrl-load frame` writes for h2load are checked byte for byte, and sent as plain HTTP/2
+//! requests (as h2load sends them, no h2load needed) to get grpc-status 0.
 
+use bytes::Bytes;
 use nrl_registry::config::ServerConfig;
 use nrl_registry::domain::NhsNumber;
 use nrl_registry::load::config::{GHZ_KEYS, IGNORED_KEYS, UNSUPPORTED_KEYS};
+use nrl_registry::load::frame;
 use nrl_registry::load::prepare::{self, PrepareArgs, Target};
 use nrl_registry::load::{run, GhzConfig, Overrides, Scenario};
 use nrl_registry::proto::nrl::v1 as pb;
 use pb::pointer_registry_client::PointerRegistryClient;
+use prost::Message as _;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tower_service::Service as _;
 
 const PATIENTS: u64 = 60;
 
@@ -313,4 +321,171 @@ async fn fill_registers_whole_batches_and_is_idempotent() {
         let count = client.count_pointers(pb::CountPointersRequest { query: Some(query) }).await.expect("count");
         assert_eq!(count.into_inner().count, 0, "an excluded patient was filled");
     }
+}
+
+/// `loadtest/NAME` (a config file of the suite).
+fn config(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest").join(name)
+}
+
+/// The 5-byte prefix of a body: the compressed flag and the big-endian length.
+fn prefix(body: &[u8]) -> (u8, usize) {
+    assert!(body.len() >= 5, "{body:?}");
+    (body[0], u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize)
+}
+
+#[test]
+fn framed_bodies_are_a_zero_flag_a_big_endian_length_and_the_request() {
+    let scratch = Scratch::new();
+    let patients = ["9434765919", "9434765870"];
+    let data: Vec<Value> = patients.iter().map(|n| json!({"query": {"nhs_number": n}})).collect();
+    std::fs::write(scratch.0.join("search-hit.json"), Value::Array(data).to_string()).expect("write data");
+    let overrides = Overrides { data_dir: Some(scratch.0.clone()), ..Overrides::default() };
+    let scenario = Scenario::load(&config("search-hit.json"), &overrides).unwrap_or_else(|e| panic!("{e}"));
+    for (n, nhs) in [(0, patients[0]), (1, patients[1]), (2, patients[0])] {
+        let framed = frame::framed(&scenario, n).expect("frames");
+        let (flag, length) = prefix(&framed.body);
+        assert_eq!(flag, 0, "uncompressed");
+        assert_eq!(length, framed.body.len() - 5);
+        assert!(length > 10, "an NHS number is in it");
+        let request = pb::SearchPointersRequest::decode(&framed.body[5..]).expect("a SearchPointersRequest");
+        let expected = pb::SearchPointersRequest {
+            query: Some(pb::PointerQuery { nhs_number: nhs.into(), ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(request, expected, "call {n}: data message {n} mod 2");
+        assert_eq!(framed.method.path, "/nrl.v1.PointerRegistry/SearchPointers");
+        assert_eq!(framed.metadata, [("x-purpose-of-use".to_string(), "direct-care".to_string())]);
+        let decoded = frame::decode_request(&scenario.method, &framed.body).expect("decodes back");
+        assert_eq!(decoded, json!({"query": {"nhsNumber": nhs}}));
+    }
+    // The bare baseline's request is the empty message: five zero bytes.
+    let health = Scenario::load(&config("health.json"), &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    let framed = frame::framed(&health, 0).expect("frames");
+    assert_eq!(framed.body, [0, 0, 0, 0, 0]);
+    assert!(framed.metadata.is_empty());
+    // A body that is not exactly one uncompressed message is refused rather than misread.
+    let mut compressed = frame::frame(b"\x0a\x00").expect("frames");
+    compressed[0] = 1;
+    assert!(frame::decode_request(&scenario.method, &compressed).is_err());
+    let mut long = frame::frame(b"").expect("frames");
+    long.push(0);
+    assert!(frame::decode_request(&scenario.method, &long).is_err());
+}
+
+#[test]
+fn nrl_load_frame_writes_the_body_and_prints_path_and_headers() {
+    let scratch = Scratch::new();
+    let data = json!([{"id": "0190f1c5-4b2a-7c3d-8e4f-5a6b7c8d9e0f"}]);
+    std::fs::write(scratch.0.join("get.json"), data.to_string()).expect("write data");
+    let out = scratch.0.join("get.bin");
+    let nrl_load = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_nrl-load")).args(args).output().expect("runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "nrl-load {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_str::<Value>(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+    };
+    let config = config("get.json");
+    let (config, dir, out_text) =
+        (config.to_str().expect("utf-8"), scratch.0.to_str().expect("utf-8"), out.to_str().expect("utf-8"));
+    let summary =
+        nrl_load(&["frame", config, "--data-dir", dir, "--out", out_text, "-m", "authorization=Bearer t0ken"]);
+    assert_eq!(summary["path"], "/nrl.v1.PointerRegistry/GetPointer");
+    assert_eq!(summary["call"], "nrl.v1.PointerRegistry.GetPointer");
+    assert_eq!(summary["headers"], json!(["x-purpose-of-use: direct-care", "authorization: Bearer t0ken"]));
+    let body = std::fs::read(&out).expect("the body was written");
+    assert_eq!(summary["body_bytes"], body.len());
+    assert_eq!(prefix(&body), (0, body.len() - 5));
+    let request = pb::GetPointerRequest::decode(&body[5..]).expect("a GetPointerRequest");
+    assert_eq!(request.id, "0190f1c5-4b2a-7c3d-8e4f-5a6b7c8d9e0f");
+    // And back: `unframe --request` prints the request as proto3 JSON.
+    let decoded = nrl_load(&["unframe", config, out_text, "--request", "--data-dir", dir]);
+    assert_eq!(decoded, data[0]);
+}
+
+/// A body with a single data frame, as h2load sends `--data`.
+struct OneFrame(Option<Bytes>);
+
+impl http_body::Body for OneFrame {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
+    }
+}
+
+struct RawAnswer {
+    http_status: u16,
+    /// From the trailers, or from the headers of a Trailers-Only answer.
+    grpc_status: Option<String>,
+    body: Vec<u8>,
+}
+
+/// One POST of a pre-framed body over HTTP/2 cleartext: no gRPC library on the request side,
+/// which is what h2load does.
+async fn raw_post(server: &Server, path: &str, body: Vec<u8>, headers: &[(String, String)]) -> RawAnswer {
+    let mut channel =
+        tonic::transport::Endpoint::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let mut request = http::Request::post(format!("{}{path}", server.url()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (key, value) in headers {
+        request = request.header(key, value);
+    }
+    let request = request.body(tonic::body::Body::new(OneFrame(Some(Bytes::from(body))))).expect("request");
+    futures::future::poll_fn(|cx| channel.poll_ready(cx)).await.expect("ready");
+    let response = channel.call(request).await.expect("an HTTP/2 answer");
+    let http_status = response.status().as_u16();
+    let mut grpc_status = response.headers().get("grpc-status").map(|v| v.to_str().expect("ascii").to_string());
+    let mut body = std::pin::pin!(response.into_body());
+    let mut data = Vec::new();
+    while let Some(frame) = futures::future::poll_fn(|cx| http_body::Body::poll_frame(body.as_mut(), cx)).await {
+        match frame.expect("body frame").into_data() {
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    grpc_status = trailers.get("grpc-status").map(|v| v.to_str().expect("ascii").to_string());
+                }
+            }
+        }
+    }
+    RawAnswer { http_status, grpc_status, body: data }
+}
+
+#[tokio::test]
+async fn framed_bodies_sent_as_plain_http2_get_grpc_status_0() {
+    let server = Server::start().await;
+    let scratch = Scratch::new();
+    seed_and_prepare(&server, &scratch.0).await;
+    let overrides = Overrides { data_dir: Some(scratch.0.clone()), ..Overrides::default() };
+    for (name, check) in [
+        ("health.json", "status"),
+        ("search-hit.json", "pointers"),
+        ("get.json", "pointer"),
+        ("locate.json", "regions"),
+    ] {
+        let scenario = Scenario::load(&config(name), &overrides).unwrap_or_else(|e| panic!("{e}"));
+        let framed = frame::framed(&scenario, 0).expect("frames");
+        let answer = raw_post(&server, &framed.method.path, framed.body.clone(), &framed.metadata).await;
+        assert_eq!((answer.http_status, answer.grpc_status.as_deref()), (200, Some("0")), "{name}");
+        let response = frame::decode_response(&framed.method, &answer.body).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(response.get(check).is_some(), "{name}: {response}");
+        if name == "search-hit.json" {
+            assert_eq!(response["pointers"].as_array().map(Vec::len), Some(3), "a seeded patient has 3 pointers");
+        }
+    }
+    // With a purpose of use the server does not know, the same body is refused, and HTTP still
+    // says 200: only grpc-status tells an error from an answer, which is why run.sh checks it (and
+    // the server's own count of non-OK calls) before it trusts h2load's figures.
+    let scenario = Scenario::load(&config("search-hit.json"), &overrides).unwrap_or_else(|e| panic!("{e}"));
+    let framed = frame::framed(&scenario, 0).expect("frames");
+    let bad_purpose = [("x-purpose-of-use".to_string(), "curiosity".to_string())];
+    let answer = raw_post(&server, &framed.method.path, framed.body, &bad_purpose).await;
+    assert_eq!(answer.http_status, 200);
+    assert_eq!(answer.grpc_status.as_deref(), Some("3"), "INVALID_ARGUMENT");
+    assert!(answer.body.is_empty(), "no message, only the status");
 }

@@ -5,6 +5,8 @@
 //! nrl-load check loadtest/*.json
 //! nrl-load run loadtest/search-hit.json --concurrency 32 --duration 10s --out loadtest/out/search-hit.json
 //! nrl-load prepare --patients-file loadtest/out/data/patients.txt --out-dir loadtest/out/data
+//! nrl-load frame loadtest/search-hit.json --data-dir loadtest/out/data --out search.bin   # for h2load
+//! nrl-load unframe loadtest/search-hit.json response.bin                                 # curl's answer
 //! ```
 //!
 //! Exit codes: 0; 1 when a run had errors (non-OK calls) or could not run; 64 for a bad config
@@ -12,6 +14,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use nrl_registry::load::config::parse_go_duration;
+use nrl_registry::load::frame;
 use nrl_registry::load::prepare::{self, FillArgs, PrepareArgs, Target};
 use nrl_registry::load::{run, GhzConfig, Overrides, Scenario};
 use std::path::PathBuf;
@@ -42,6 +45,12 @@ enum Command {
     Prepare(PrepareCli),
     /// Register bulk pointers for patients no scenario uses (for the 10M-pointer run).
     Fill(FillCli),
+    /// Write one call of a config as a raw gRPC request body (0, big-endian u32 length, protobuf
+    /// message) for HTTP/2 load tools such as h2load, and print its path and headers as JSON.
+    Frame(FrameArgs),
+    /// Decode a raw gRPC body (one uncompressed message, e.g. a response curl saved) as the
+    /// config's response type (or request type, with --request) and print it as proto3 JSON.
+    Unframe(UnframeArgs),
 }
 
 /// ghz-style flags that replace the config's values.
@@ -126,6 +135,38 @@ struct RenderArgs {
     config: PathBuf,
     #[command(flatten)]
     overrides: OverrideArgs,
+}
+
+#[derive(Args, Debug)]
+struct FrameArgs {
+    /// ghz JSON config: its call, data (message --message of it) and metadata.
+    config: PathBuf,
+    /// Look a relative data-file name up in this directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Extra metadata KEY=VALUE (repeatable), printed with the config's as headers.
+    #[arg(long = "metadata", short = 'm', value_name = "KEY=VALUE", value_parser = key_value)]
+    metadata: Vec<(String, String)>,
+    /// Which call: request number N, so data message N (mod their number), templates rendered for N.
+    #[arg(long, default_value_t = 0)]
+    message: u64,
+    /// Where to write the body.
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct UnframeArgs {
+    /// ghz JSON config naming the call.
+    config: PathBuf,
+    /// The body: a 5-byte prefix and one message.
+    body: PathBuf,
+    /// Decode as the request type instead of the response type.
+    #[arg(long)]
+    request: bool,
+    /// Look a relative data-file name up in this directory (the config is loaded whole).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -226,6 +267,8 @@ fn main() -> ExitCode {
         Command::Render(args) => render(args),
         Command::Prepare(args) => runtime.block_on(prepare_data(args)),
         Command::Fill(args) => runtime.block_on(fill(args)),
+        Command::Frame(args) => frame_call(args),
+        Command::Unframe(args) => unframe_body(args),
     }
 }
 
@@ -428,6 +471,74 @@ async fn fill(args: FillCli) -> ExitCode {
         }
         Err(e) => {
             eprintln!("nrl-load fill: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn frame_call(args: FrameArgs) -> ExitCode {
+    let overrides =
+        Overrides { data_dir: args.data_dir.clone(), metadata: args.metadata.clone(), ..Overrides::default() };
+    let scenario = match Scenario::load(&args.config, &overrides) {
+        Ok(scenario) => scenario,
+        Err(e) => {
+            eprintln!("nrl-load frame: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let framed = match frame::framed(&scenario, args.message) {
+        Ok(framed) => framed,
+        Err(e) => {
+            eprintln!("nrl-load frame: {}: {e}", args.config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = std::fs::write(&args.out, &framed.body) {
+        eprintln!("nrl-load frame: --out {}: {e}", args.out.display());
+        return ExitCode::FAILURE;
+    }
+    let headers: Vec<String> = framed.metadata.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let summary = serde_json::json!({
+        "name": scenario.name,
+        "call": framed.method.names.fully_qualified_name,
+        "path": framed.method.path,
+        "out": args.out,
+        "message_bytes": framed.message().len(),
+        "body_bytes": framed.body.len(),
+        "headers": headers,
+    });
+    println!("{summary}");
+    ExitCode::SUCCESS
+}
+
+fn unframe_body(args: UnframeArgs) -> ExitCode {
+    let overrides = Overrides { data_dir: args.data_dir.clone(), ..Overrides::default() };
+    let scenario = match Scenario::load(&args.config, &overrides) {
+        Ok(scenario) => scenario,
+        Err(e) => {
+            eprintln!("nrl-load unframe: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let body = match std::fs::read(&args.body) {
+        Ok(body) => body,
+        Err(e) => {
+            eprintln!("nrl-load unframe: {}: {e}", args.body.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let decoded = if args.request {
+        frame::decode_request(&scenario.method, &body)
+    } else {
+        frame::decode_response(&scenario.method, &body)
+    };
+    match decoded {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("nrl-load unframe: {}: {e}", args.body.display());
             ExitCode::FAILURE
         }
     }

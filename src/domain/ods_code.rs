@@ -13,6 +13,9 @@ pub enum OdsCodeError {
     Empty,
     #[error("must be 3 to 12 letters or digits, optionally followed by .SUFFIX")]
     Format,
+    /// The code before the dot is fine; the sub-organisation suffix is not (`RR8.X1`, `RR8.`).
+    #[error("the .SUFFIX after the organisation code must also be 3 to 12 letters or digits (e.g. RR8.ABC)")]
+    Suffix,
 }
 
 const MIN_PART: usize = 3;
@@ -30,8 +33,11 @@ impl OdsCode {
         };
         let part_ok =
             |part: &str| (MIN_PART..=MAX_PART).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_alphanumeric());
-        if !part_ok(main) || suffix.is_some_and(|s| !part_ok(s)) {
+        if !part_ok(main) {
             return Err(OdsCodeError::Format);
+        }
+        if suffix.is_some_and(|s| !part_ok(s)) {
+            return Err(OdsCodeError::Suffix);
         }
         Ok(Self(trimmed.to_ascii_uppercase()))
     }
@@ -74,10 +80,11 @@ mod tests {
             ("AB", OdsCodeError::Format),
             ("ABCDEFGHIJKLM", OdsCodeError::Format),
             ("RJ-1", OdsCodeError::Format),
-            ("RJ1.", OdsCodeError::Format),
+            ("RJ1.", OdsCodeError::Suffix),
             (".RJ1", OdsCodeError::Format),
-            ("RJ1.X", OdsCodeError::Format),
-            ("RJ1.ABC.DEF", OdsCodeError::Format),
+            ("RJ1.X", OdsCodeError::Suffix),
+            ("RR8.X1", OdsCodeError::Suffix),
+            ("RJ1.ABC.DEF", OdsCodeError::Suffix),
             ("R J1", OdsCodeError::Format),
             ("ÅBC", OdsCodeError::Format),
         ] {

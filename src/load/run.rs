@@ -165,6 +165,27 @@ impl Scenario {
         })
     }
 
+    /// The request message and metadata of call number `n`, as [`run`] sends them (data message
+    /// `n` mod their number, templates rendered for request number `n`): what `nrl-load frame`
+    /// hands to load tools that cannot read a config (h2load).
+    pub fn request(&self, n: u64) -> Result<(bytes::Bytes, Vec<(String, String)>), String> {
+        let call = CallData::new("w0", n, &self.method.names);
+        let payload = &self.payloads[(n % self.payloads.len() as u64) as usize];
+        let message = payload.bytes(&self.method, &call)?;
+        let metadata = self
+            .metadata
+            .iter()
+            .map(|(key, value)| {
+                let value = match value {
+                    MetaValue::Static(v) => v.to_str().map_err(|_| format!("metadata {key}: not ASCII"))?.to_string(),
+                    MetaValue::Template(t) => t.render(&call),
+                };
+                Ok((key.as_str().to_string(), value))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok((message, metadata))
+    }
+
     fn options(&self) -> RunOptions {
         RunOptions {
             call: self.method.names.fully_qualified_name.clone(),

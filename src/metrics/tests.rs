@@ -50,3 +50,15 @@ fn calls_are_counted_by_method_and_code() {
     assert!(text.contains(&format!(r#"nrl_build_info{{version="{}""#, env!("CARGO_PKG_VERSION"))), "{text}");
     assert!(text.ends_with("# EOF\n"));
 }
+
+#[test]
+fn refusals_are_counted_by_operation_and_code_from_fixed_lists() {
+    let metrics = Metrics::new("memory");
+    metrics.refusal(&Refusal::of("GetAccessLog", "PERMISSION_DENIED"));
+    metrics.refusal(&Refusal::of("GetAccessLog", "PERMISSION_DENIED"));
+    metrics.refusal(&Refusal::of("9434765919", "943 476 5919"));
+    let text = metrics.render().expect("render");
+    assert!(text.contains(r#"nrl_refusals_total{operation="GetAccessLog",code="PERMISSION_DENIED"} 2"#), "{text}");
+    assert!(text.contains(r#"nrl_refusals_total{operation="other",code="other"} 1"#), "{text}");
+    assert!(!text.contains("943"), "nothing unlisted reaches a label: {text}");
+}

@@ -6,9 +6,10 @@
 //! Every write carries the audit event of the call that makes it (`PatientWrite::audit`), so the
 //! store records both in one atomic step: a pointer never exists without the record of the write
 //! that made it, even when the caller never sees the answer. What changed nothing (a refusal, a
-//! replayed registration) is recorded afterwards, like a read.
+//! replayed registration) is recorded afterwards, like a read: a replay, which shows the pointer,
+//! in the patient's log and the export; a refusal in the export only.
 
-use super::{Registered, Registry, Superseded, MAX_ATTEMPTS};
+use super::{Access, Registered, Registry, Superseded, MAX_ATTEMPTS};
 use crate::auth::{policy, Caller};
 use crate::domain::{rules, NhsNumber, Pointer, PointerDraft, PointerId, PointerStatus};
 use crate::error::RegistryError;
@@ -39,7 +40,7 @@ impl Registry {
 
     /// The event of a write that `call` makes, listing the pointers it changed.
     fn write_event(&self, call: &Call<'_>, nhs_number: NhsNumber, changed: Vec<PointerId>) -> AuditEvent {
-        AuditEvent { pointer_ids: changed, ..self.event(call.caller, call.operation, nhs_number) }
+        AuditEvent { pointer_ids: changed, ..self.event(call.caller, call.operation, Some(nhs_number)) }
     }
 
     /// The write that registers `pointer` (its id must be new and its reference unused), with the
@@ -333,7 +334,7 @@ impl Registry {
             "CreatePointer",
             nhs,
             result,
-            |r| (vec![r.pointer.id], false),
+            |r| Access::pointers(vec![r.pointer.id], false),
         )
         .await
     }
@@ -378,7 +379,8 @@ impl Registry {
     }
 
     /// The audit events a batch still owes, for the entries its writes did not record: one per
-    /// (patient, outcome), in the order each first appears.
+    /// (patient, outcome), in the order each first appears. Replays show their pointers, so go to
+    /// the patient's log too; refusals and entries naming no valid patient, to the export only.
     fn batch_events(
         &self,
         caller: &Caller,
@@ -386,17 +388,17 @@ impl Registry {
         patients: &[Option<NhsNumber>],
     ) -> Vec<AuditEvent> {
         let mut events: Vec<AuditEvent> = Vec::new();
-        let mut position: HashMap<(NhsNumber, &'static str), usize> = HashMap::new();
+        let mut position: HashMap<(Option<NhsNumber>, &'static str), usize> = HashMap::new();
         for (result, patient) in results.iter().zip(patients) {
-            // An entry without a valid NHS number touched no patient's pointers.
-            let Some(nhs) = *patient else { continue };
             if matches!(result, Ok(registered) if registered.created) {
                 continue; // Recorded with its write.
             }
             let outcome = result.as_ref().err().map_or("OK", RegistryError::code_name);
-            let at = *position.entry((nhs, outcome)).or_insert_with(|| {
-                let mut event = self.event(caller, "BatchCreatePointers", nhs);
+            let at = *position.entry((*patient, outcome)).or_insert_with(|| {
+                let mut event = self.event(caller, "BatchCreatePointers", *patient);
                 event.outcome = outcome.to_string();
+                // A replay shows the pointer it names; anything else touched nothing of the patient's.
+                event.export_only = outcome != "OK" || patient.is_none();
                 events.push(event);
                 events.len() - 1
             });
@@ -415,30 +417,49 @@ impl Registry {
         draft: PointerDraft,
     ) -> Result<Pointer, RegistryError> {
         if let Err(refusal) = policy::check_write(caller, &draft) {
-            // Recorded against the patient the caller named.
+            // Recorded (in the export) against the patient the caller named.
             return self
-                .audited(caller, "UpdatePointer", draft.nhs_number, Err(refusal), |p: &Pointer| (vec![p.id], false))
+                .audited(caller, "UpdatePointer", draft.nhs_number, Err(refusal), |p: &Pointer| {
+                    Access::pointers(vec![p.id], false)
+                })
                 .await;
         }
         // The event goes against the stored pointer's patient; an id that names no stored pointer
-        // touched nobody's record and leaves no event (a forged id may decode to a real patient).
-        let Some(stored) = self.store.get(id).await? else { return Err(rules::not_found(id)) };
+        // is recorded against nobody (a forged id may decode to a real, unrelated patient).
+        let Some(stored) = self.store.get(id).await? else {
+            return Err(self.refuse(caller, "UpdatePointer", rules::not_found(id)).await);
+        };
         let nhs = stored.draft.nhs_number;
         let result = self.revise(caller, stored, version, draft).await;
-        if matches!(&result, Err(RegistryError::NotFound(_))) {
-            return result;
-        }
-        self.audited_unless(|_: &Pointer| true, caller, "UpdatePointer", nhs, result, |p| (vec![p.id], false)).await
+        self.audited_unless(
+            |_: &Pointer| true,
+            caller,
+            "UpdatePointer",
+            nhs,
+            result,
+            |p| Access::pointers(vec![p.id], false),
+        )
+        .await
     }
 
     pub async fn delete(&self, caller: &Caller, id: PointerId, version: Option<u64>) -> Result<Pointer, RegistryError> {
-        let Some(nhs) = self.store.ids().patient_of(id) else { return Err(rules::not_found(id)) };
+        let Some(nhs) = self.store.ids().patient_of(id) else {
+            return Err(self.refuse(caller, "DeletePointer", rules::not_found(id)).await);
+        };
         let result = self.remove(caller, id, version).await;
-        if matches!(&result, Err(RegistryError::NotFound(_))) {
-            // Nothing of the patient's was touched (the id may not even be theirs).
-            return result;
+        if let Err(missing @ RegistryError::NotFound(_)) = result {
+            // Nothing of the patient's was touched (the id may not even be theirs): against nobody.
+            return Err(self.refuse(caller, "DeletePointer", missing).await);
         }
-        self.audited_unless(|_: &Pointer| true, caller, "DeletePointer", nhs, result, |p| (vec![p.id], false)).await
+        self.audited_unless(
+            |_: &Pointer| true,
+            caller,
+            "DeletePointer",
+            nhs,
+            result,
+            |p| Access::pointers(vec![p.id], false),
+        )
+        .await
     }
 
     pub async fn supersede(
@@ -458,7 +479,12 @@ impl Registry {
             "SupersedePointer",
             nhs,
             result,
-            |s| (std::iter::once(s.pointer.id).chain(s.superseded.iter().map(|p| p.id)).collect(), false),
+            |s| {
+                Access::pointers(
+                    std::iter::once(s.pointer.id).chain(s.superseded.iter().map(|p| p.id)).collect(),
+                    false,
+                )
+            },
         )
         .await
     }

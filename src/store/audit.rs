@@ -1,6 +1,11 @@
 //! The access audit: one event for every call that touches a patient's pointers, kept append-only
 //! through the storage layer. A read whose event cannot be written fails: nothing is ever shown
 //! without a record of it.
+//!
+//! Two streams: each patient's own log holds the accesses that read or changed that patient's
+//! data (reads that returned something, writes, break-glass); the export holds every event,
+//! refusals and failures included. An event marked `export_only` goes to the export alone, so a
+//! caller who is refused cannot write into a patient's log (which is kept in full on Redis).
 
 pub mod codec;
 pub mod group_commit;
@@ -22,12 +27,28 @@ pub struct AuditEvent {
     pub purpose: Option<String>,
     /// The RPC name, e.g. "SearchPointers".
     pub operation: String,
-    pub nhs_number: NhsNumber,
+    /// The patient the call named; `None` when it named no valid one (an invalid request, or an
+    /// id that is no pointer of this registry).
+    pub nhs_number: Option<NhsNumber>,
     /// Pointers returned or changed.
     pub pointer_ids: Vec<PointerId>,
     /// The gRPC code name of the answer ("OK", "PERMISSION_DENIED", ...).
     pub outcome: String,
     pub break_glass: bool,
+    /// Recorded in the export only, not in the patient's log: the call read and changed nothing of
+    /// the patient's (a refusal, an invalid request, a failure, a read that found nothing).
+    pub export_only: bool,
+}
+
+impl AuditEvent {
+    /// The patient whose own log holds this event, if any.
+    pub fn patient_log(&self) -> Option<NhsNumber> {
+        if self.export_only {
+            None
+        } else {
+            self.nhs_number
+        }
+    }
 }
 
 /// A page of one patient's events, newest first.
@@ -40,8 +61,8 @@ pub struct EventPage {
 
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
-    /// Appends events, each to its patient's log and to the export, in as few round trips as the
-    /// backend allows (one call may record a whole batch). All of them are recorded, or the call
+    /// Appends events, each to the export and, unless it is `export_only`, to its patient's log
+    /// ([`AuditEvent::patient_log`]), in as few round trips as the backend allows (one call may record a whole batch). All of them are recorded, or the call
     /// fails; after a failure some may have been recorded (a retry may then record one twice, never
     /// none).
     async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError>;

@@ -13,7 +13,7 @@ use super::index::{IndexEntry, IndexUpdate, RegionIndex};
 use super::{PatientRecord, PatientWrite, PointerStore, ReferenceKey, StoreError};
 use crate::domain::RegionCode;
 use crate::domain::{NhsNumber, Pointer, PointerId, PointerIdCodec};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
 use async_trait::async_trait;
 use std::future::Future;
 use std::sync::Arc;
@@ -117,8 +117,16 @@ impl PointerStore for Metered<dyn PointerStore> {
 
 #[async_trait]
 impl AuditStore for Metered<dyn AuditStore> {
+    /// Also counts the refusals and failures among the events once they are recorded
+    /// (`nrl_refusals_total`): every event whose outcome is not OK.
     async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
-        timed(&self.metrics, "audit_append", self.inner.append_all(events)).await
+        let refusals: Vec<Refusal> =
+            events.iter().filter(|e| e.outcome != "OK").map(|e| Refusal::of(&e.operation, &e.outcome)).collect();
+        let result = timed(&self.metrics, "audit_append", self.inner.append_all(events)).await;
+        if result.is_ok() {
+            refusals.iter().for_each(|refusal| self.metrics.refusal(refusal));
+        }
+        result
     }
 
     async fn patient_events(

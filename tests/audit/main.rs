@@ -1,7 +1,9 @@
 //! The access audit over a real socket, against the memory store and a real Redis: exactly one event
 //! per operation with who, why, what and the outcome; break-glass flagged only when a restricted
-//! patient's pointers were shown; the access log newest first and paged; the export stream in
-//! order, resumable and following; and a failed audit write failing the read (Redis).
+//! patient's pointers were shown; the patient's log holding only what read or changed the
+//! patient's data, and refusals, invalid requests and failures in the export only (`streams`); the
+//! access log newest first and paged; the export stream in order, resumable and following, its
+//! cursors the one kind of cursor an event carries; and a failed audit write failing the read (Redis).
 
 use nrl_registry::config::StoreConfig;
 use nrl_registry::proto::nrl::v1 as pb;
@@ -15,6 +17,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 
 mod scenarios;
+mod streams;
 
 struct Env {
     server: TestServer,
@@ -233,6 +236,23 @@ impl Actor {
     }
 }
 
+/// `patient`'s own log (GetAccessLog), oldest first, read by `reader`, every page. Each page read
+/// is itself recorded after it is answered, so a read sees the reads before it, never its own.
+async fn log_of(reader: &mut Actor, patient: &str) -> Vec<Seen> {
+    let mut events = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = reader.access_log(patient, 500, &token).await.expect("read the patient's log");
+        events.extend(page.events.iter().map(seen));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    events.reverse();
+    events
+}
+
 /// Reads the export from where it last stopped.
 struct Tail {
     auditor: Actor,
@@ -374,4 +394,6 @@ on_every_backend!(own_environment; [
     scenarios::break_glass_is_flagged_only_when_a_restricted_patients_pointers_are_shown,
     scenarios::access_log_is_newest_first_pages_exactly_once_and_is_itself_recorded,
     scenarios::export_streams_every_event_in_order_resumes_and_follows,
+    scenarios::an_event_cursor_is_an_export_position_on_every_backend,
+    streams::refused_calls_leave_no_event_in_any_patients_log,
 ]);

@@ -2,6 +2,8 @@
 //! its own server and store with `Env::start`.
 
 use super::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 
 pub(super) async fn each_operation_leaves_exactly_the_expected_event(backend: Backend) {
     let env = Env::start(backend).await;
@@ -62,7 +64,7 @@ pub(super) async fn each_operation_leaves_exactly_the_expected_event(backend: Ba
     assert_eq!(tail.seen().await, vec![producer.expect("DeletePointer", "OK", &p, &[&a.id])], "delete");
 
     // A batch is one call: one event per patient and outcome, listing the pointers registered for
-    // that patient; none for entries that name no parsable patient.
+    // that patient, and one naming no patient for the entries that name no valid one.
     let q = new_patient();
     let outcomes = producer
         .c
@@ -92,11 +94,12 @@ pub(super) async fn each_operation_leaves_exactly_the_expected_event(backend: Ba
         producer.expect("BatchCreatePointers", "OK", &p, &[&d.id, &f.id]),
         producer.expect("BatchCreatePointers", "OK", &q, &[&e.id]),
         producer.expect("BatchCreatePointers", "PERMISSION_DENIED", &p, &[]),
+        producer.expect("BatchCreatePointers", "INVALID_ARGUMENT", "", &[]),
     ];
     want.sort();
-    assert_eq!(batch, want, "batch: one event per patient and outcome, not for the invalid entries");
+    assert_eq!(batch, want, "batch: one event per patient and outcome, one for the invalid entries");
 
-    // Refusals are recorded, with the refusal as the outcome and nothing returned.
+    // Refusals are recorded (in the export only), with the refusal as the outcome and nothing returned.
     let err = consumer
         .c
         .registry
@@ -128,14 +131,14 @@ pub(super) async fn each_operation_leaves_exactly_the_expected_event(backend: Ba
     admin.restrict(&p, false).await;
     assert_eq!(tail.seen().await, vec![admin.expect("SetRestriction", "OK", &p, &[])], "unrestrict");
     tail.auditor.access_log(&p, 0, "").await.expect("auditor reads the log");
-    let auditor_read = tail.auditor.expect("GetAccessLog", "OK", &p, &[]);
-    assert_eq!(tail.seen().await, vec![auditor_read], "access log");
+    assert_eq!(tail.seen().await, vec![tail.auditor.expect("GetAccessLog", "OK", &p, &[])], "access log");
     portal.access_log(&p, 0, "").await.expect("portal reads the log");
     assert_eq!(tail.seen().await, vec![portal.expect("GetAccessLog", "OK", &p, &[])], "portal");
     assert_code("consumer access log", consumer.access_log(&p, 0, "").await, Code::PermissionDenied);
     assert_eq!(tail.seen().await, vec![consumer.expect("GetAccessLog", "PERMISSION_DENIED", &p, &[])], "denied log");
 
-    // Requests without a parsable NHS number (or without credentials) leave nothing.
+    // Invalid requests are refusals too: each is in the export with its code and the caller, naming
+    // no patient. Calls without credentials have no caller to record and leave nothing.
     let bad_check = format!("{}{}", &p[..9], (p.as_bytes()[9] - b'0' + 1) % 10);
     let pc = &mut producer.c;
     assert_code(
@@ -212,7 +215,51 @@ pub(super) async fn each_operation_leaves_exactly_the_expected_event(backend: Ba
         anonymous.registry.count_pointers(pb::CountPointersRequest { query: Some(query(&p)) }).await,
         Code::Unauthenticated,
     );
-    assert_eq!(tail.seen().await, vec![], "invalid and unauthenticated requests leave no event");
+    let invalid = |actor: &Actor, operation: &str| actor.expect(operation, "INVALID_ARGUMENT", "", &[]);
+    assert_eq!(
+        tail.seen().await,
+        vec![
+            invalid(&producer, "CreatePointer"),
+            invalid(&producer, "CreatePointer"),
+            invalid(&producer, "SupersedePointer"),
+            invalid(&producer, "UpdatePointer"),
+            invalid(&producer, "DeletePointer"),
+            invalid(&producer, "BatchCreatePointers"),
+            invalid(&consumer, "SearchPointers"),
+            invalid(&consumer, "CountPointers"),
+            invalid(&consumer, "LocatePatient"),
+            invalid(&consumer, "GetPointer"),
+            invalid(&tail.auditor, "GetAccessLog"),
+            invalid(&admin, "SetRestriction"),
+            invalid(&admin, "GetRestriction"),
+        ],
+        "every invalid request is exported with its code, the unauthenticated one is not"
+    );
+
+    // The patient's own log holds what read or changed the patient's data, and nothing refused.
+    let auditor_read = tail.auditor.expect("GetAccessLog", "OK", &p, &[]);
+    assert_eq!(
+        log_of(&mut tail.auditor, &p).await,
+        vec![
+            producer.expect("CreatePointer", "OK", &p, &[&a.id]),
+            producer.expect("CreatePointer", "OK", &p, &[&b.id]),
+            consumer.expect("GetPointer", "OK", &p, &[&a.id]),
+            consumer.expect("SearchPointers", "OK", &p, &[&a.id, &b.id]),
+            consumer.expect("CountPointers", "OK", &p, &[]),
+            consumer.expect("LocatePatient", "OK", &p, &[&a.id, &b.id]),
+            producer.expect("UpdatePointer", "OK", &p, &[&a.id]),
+            producer.expect("SupersedePointer", "OK", &p, &[&c.id, &b.id]),
+            producer.expect("DeletePointer", "OK", &p, &[&a.id]),
+            producer.expect("BatchCreatePointers", "OK", &p, &[&d.id, &f.id]),
+            admin.expect("SetRestriction", "OK", &p, &[]),
+            admin.expect("GetRestriction", "OK", &p, &[]),
+            admin.expect("SetRestriction", "OK", &p, &[]),
+            auditor_read,
+            portal.expect("GetAccessLog", "OK", &p, &[]),
+        ],
+        "the patient's log: reads that returned something, writes, administration; no refusal"
+    );
+    assert_eq!(log_of(&mut tail.auditor, &q).await, vec![producer.expect("BatchCreatePointers", "OK", &q, &[&e.id])]);
     env.stop().await;
 }
 
@@ -247,7 +294,7 @@ pub(super) async fn unknown_ids_leave_no_event_against_an_unrelated_patient(back
         }
     }
     let events = tail.seen().await;
-    let strays: Vec<&Seen> = events.iter().filter(|e| e.nhs_number != p).collect();
+    let strays: Vec<&Seen> = events.iter().filter(|e| !e.nhs_number.is_empty() && e.nhs_number != p).collect();
     assert!(
         strays.is_empty(),
         "{} of {} events name a patient the request never mentioned (first: {:?})",
@@ -255,6 +302,15 @@ pub(super) async fn unknown_ids_leave_no_event_against_an_unrelated_patient(back
         events.len(),
         strays.first()
     );
+    // Each call is in the export: an unknown id against nobody, the consumer's refusal against the
+    // patient it named. None of it is in that patient's log.
+    let count =
+        |outcome: &str, nhs: &str| events.iter().filter(|e| e.outcome == outcome && e.nhs_number == nhs).count();
+    assert_eq!(count("NOT_FOUND", ""), 100 + 10 + 10, "unknown ids: updates, deletes and gets, against nobody");
+    assert_eq!(count("PERMISSION_DENIED", &p), 100, "the consumer's updates, against the patient named");
+    assert_eq!(events.len(), 220);
+    let mut auditor = env.auditor();
+    assert_eq!(log_of(&mut auditor, &p).await, vec![], "nothing in the patient's own log");
     env.stop().await;
 }
 
@@ -329,6 +385,33 @@ pub(super) async fn break_glass_is_flagged_only_when_a_restricted_patients_point
         ],
         "emergency without a restricted patient's pointers shown: not break-glass"
     );
+
+    // The patients' own logs hold the reads that showed pointers, break-glass flagged; a read that
+    // showed nothing (restricted, empty, or outside the caller's types) is in the export only.
+    let restrict = |nhs: &str| admin.expect("SetRestriction", "OK", nhs, &[]);
+    let mut auditor = env.auditor();
+    assert_eq!(
+        log_of(&mut auditor, &restricted).await,
+        vec![
+            producer.expect("CreatePointer", "OK", &restricted, &[&r1.id]),
+            producer.expect("CreatePointer", "OK", &restricted, &[&r2.id]),
+            restrict(&restricted),
+            glass.glass("SearchPointers", &restricted, &[&r1.id, &r2.id]),
+            glass.glass("CountPointers", &restricted, &[]),
+            glass.glass("LocatePatient", &restricted, &[&r1.id, &r2.id]),
+            glass.glass("GetPointer", &restricted, &[&r2.id]),
+        ],
+        "the restricted patient's log: every break-glass read, flagged"
+    );
+    assert_eq!(
+        log_of(&mut auditor, &open).await,
+        vec![
+            producer.expect("CreatePointer", "OK", &open, &[&o1.id]),
+            glass.expect("SearchPointers", "OK", &open, &[&o1.id]),
+            glass.expect("CountPointers", "OK", &open, &[]),
+        ]
+    );
+    assert_eq!(log_of(&mut auditor, &empty).await, vec![restrict(&empty)], "reads that found nothing");
     env.stop().await;
 }
 
@@ -367,10 +450,7 @@ pub(super) async fn access_log_is_newest_first_pages_exactly_once_and_is_itself_
     assert_eq!(sizes, vec![3, 3, 1], "pages of 3 over 7 events");
     let newest_first: Vec<pb::AuditEvent> = before.iter().rev().map(without_cursor).collect();
     assert_eq!(collected.iter().map(without_cursor).collect::<Vec<_>>(), newest_first, "newest first, each once");
-    let mut cursors: Vec<&str> = collected.iter().map(|e| e.cursor.as_str()).collect();
-    cursors.sort();
-    cursors.dedup();
-    assert_eq!(cursors.len(), collected.len(), "distinct cursors");
+    assert!(collected.iter().all(|e| e.cursor.is_empty()), "a log's events carry no export cursor");
     let times: Vec<(i64, i32)> =
         collected.iter().map(|e| e.time.map(|t| (t.seconds, t.nanos)).unwrap_or_default()).collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "times never increase: {times:?}");
@@ -397,6 +477,10 @@ pub(super) async fn access_log_is_newest_first_pages_exactly_once_and_is_itself_
     let refused: Vec<String> = last[after.len()..].iter().map(|e| format!("{}:{}", e.operation, e.outcome)).collect();
     assert_eq!(refused[0], "GetAccessLog:OK", "the portal's read");
     assert_eq!(refused[1..], vec!["GetAccessLog:PERMISSION_DENIED".to_string(); 5], "refused reads are recorded too");
+    // In the export only: the patient's log has the 7 events, 3 page reads and the portal's read.
+    let log = log_of(&mut auditor, &p).await;
+    assert_eq!(log.len(), 11, "{log:?}");
+    assert!(log.iter().all(|e| e.outcome == "OK"), "no refusal in the patient's log: {log:?}");
 
     for bad in ["not-a-page-token", "99999999999999999999", "-1", "+3", "1.5"] {
         let err = auditor.access_log(&p, 3, bad).await.expect_err(bad);
@@ -491,6 +575,52 @@ pub(super) async fn export_streams_every_event_in_order_resumes_and_follows(back
         let err = auditor.c.export(bad).await.expect_err(bad);
         assert_field_error(&err, Code::InvalidArgument, "after");
     }
+    // Both kinds of refusal are themselves in the export.
+    let refusals = auditor.c.export(&everything[605].cursor).await.expect("the refusals");
+    let refusals: Vec<(&str, &str, &str)> =
+        refusals.iter().map(|e| (e.operation.as_str(), e.outcome.as_str(), e.nhs_number.as_str())).collect();
+    let mut want = vec![("StreamAuditEvents", "PERMISSION_DENIED", ""); 5];
+    want.extend(vec![("StreamAuditEvents", "INVALID_ARGUMENT", ""); 6]);
+    assert_eq!(refusals, want);
+    env.stop().await;
+}
+
+/// `AuditEvent.cursor` means one thing on every backend: a position in the export, which
+/// StreamAuditEvents resumes after. GetAccessLog's events carry none, and its page tokens (which
+/// still accept the bare positions of earlier versions) are refused as cursors.
+pub(super) async fn an_event_cursor_is_an_export_position_on_every_backend(backend: Backend) {
+    let env = Env::start(backend).await;
+    let mut producer = env.actor("qwo-shared-care", "RR8", &["producer"], "administration", "");
+    let mut consumer = env.actor("ra7-viewer", "RA7", &["consumer"], "direct-care", "dr.jones");
+    let mut auditor = env.auditor();
+    let p = new_patient();
+    producer.create(input(&p, "QWO", "RR8", CRISIS_PLAN)).await;
+    for _ in 0..4 {
+        consumer.count(&p).await.expect("count");
+    }
+
+    let page = auditor.access_log(&p, 2, "").await.expect("access log");
+    assert_eq!(page.events.len(), 2);
+    assert!(page.events.iter().all(|e| e.cursor.is_empty()), "no cursor on a log's events: {:?}", page.events);
+    let err = auditor.c.export(&page.next_page_token).await.expect_err("a page token is not an export cursor");
+    assert_field_error(&err, Code::InvalidArgument, "after");
+    assert!(err.message().contains("StreamAuditEvents"), "says where cursors come from: {}", err.message());
+
+    // Each exported event's cursor resumes the export just after that event.
+    let all = auditor.c.export("").await.expect("export");
+    assert!(all.len() >= 5, "a create and four counts at least: {all:?}");
+    for (i, e) in all.iter().enumerate() {
+        assert!(!e.cursor.is_empty(), "every exported event has a cursor: {e:?}");
+        assert_eq!(auditor.c.export(&e.cursor).await.expect("resume"), all[i + 1..].to_vec(), "after event {i}");
+    }
+
+    // A bare log position, the page token of earlier versions, pages as the opaque token does.
+    let decoded = URL_SAFE_NO_PAD.decode(&page.next_page_token).expect("the token is base64url");
+    let position = String::from_utf8(decoded).expect("utf-8").strip_prefix("log:").expect("prefix").to_string();
+    let by_token = auditor.access_log(&p, 10, &page.next_page_token).await.expect("by token");
+    let by_position = auditor.access_log(&p, 10, &position).await.expect("by bare position");
+    assert_eq!(by_token.events.len(), 3, "the three oldest events");
+    assert_eq!(by_token, by_position);
     env.stop().await;
 }
 

@@ -181,6 +181,11 @@ impl NrlNode {
         self.process.as_mut().and_then(Watched::exited)
     }
 
+    /// Whether this node's process holds its listening socket.
+    fn listening(&self) -> bool {
+        self.pid().is_some_and(|pid| crate::process::listens_on(pid, self.port))
+    }
+
     /// Panics with the log if the node was started and has exited.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.exited() {
@@ -198,7 +203,13 @@ impl NrlNode {
             let mut health = HealthClient::new(self.channel());
             let check = health.check(HealthCheckRequest { service: String::new() });
             let last = match tokio::time::timeout(Duration::from_secs(2), check).await {
-                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => return started.elapsed(),
+                // SERVING from our own child, not from another suite's process on a port ours lost.
+                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 && self.listening() => {
+                    return started.elapsed()
+                }
+                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => {
+                    format!("port {} answers, but not from this node's process", self.port)
+                }
                 Ok(Ok(r)) => format!("health status {:?}", ServingStatus::try_from(r.get_ref().status)),
                 Ok(Err(status)) => format!("health check failed: {:?} {}", status.code(), status.message()),
                 Err(_) => "health check did not answer within 2 s".into(),

@@ -240,3 +240,28 @@ impl Drop for TempDir {
         }
     }
 }
+
+/// Does process `pid` hold the listening socket on `127.0.0.1:port`? A health check that answers
+/// on a port proves only that *someone* listens there: if our child lost the port to another test
+/// process (two suites running at once pick from the same range) and is exiting, that other
+/// process answers. This reads the kernel's own view (`/proc/net/tcp`: the socket's inode; then
+/// `/proc/PID/fd`: whether the process holds that inode).
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state 0A = LISTEN, inode.
+            (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+                .then(|| fields.get(9).map(|inode| format!("socket:[{inode}]")))
+                .flatten()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.iter().any(|inode| target.to_string_lossy() == *inode))
+}

@@ -2,12 +2,15 @@
 
 use super::conversions as conv;
 use super::interceptor::caller_of;
+use super::validation::recorded;
 use crate::error::RegistryError;
 use crate::proto::nrl::v1 as pb;
 use crate::proto::nrl::v1::audit_log_server::AuditLog;
 use crate::proto::nrl::v1::patient_admin_server::PatientAdmin;
 use crate::registry::Registry;
 use crate::store::audit::AuditEvent;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio_stream::Stream;
@@ -30,7 +33,8 @@ impl PatientAdmin for PatientAdminService {
         request: Request<pb::SetRestrictionRequest>,
     ) -> Result<Response<pb::SetRestrictionResponse>, Status> {
         let caller = caller_of(&request)?;
-        let nhs = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number")?;
+        let nhs = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number");
+        let nhs = recorded(&self.registry, &caller, "SetRestriction", nhs).await?;
         let restricted = self.registry.set_restriction(&caller, nhs, request.get_ref().restricted).await?;
         Ok(Response::new(pb::SetRestrictionResponse { nhs_number: nhs.to_string(), restricted }))
     }
@@ -40,7 +44,8 @@ impl PatientAdmin for PatientAdminService {
         request: Request<pb::GetRestrictionRequest>,
     ) -> Result<Response<pb::GetRestrictionResponse>, Status> {
         let caller = caller_of(&request)?;
-        let nhs = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number")?;
+        let nhs = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number");
+        let nhs = recorded(&self.registry, &caller, "GetRestriction", nhs).await?;
         let restricted = self.registry.restriction(&caller, nhs).await?;
         Ok(Response::new(pb::GetRestrictionResponse { nhs_number: nhs.to_string(), restricted }))
     }
@@ -56,20 +61,46 @@ impl AuditLogService {
     }
 }
 
-fn event(e: &AuditEvent) -> pb::AuditEvent {
+/// An event as the API shows it. `cursor` means one thing on every backend: the event's position in
+/// the export, which StreamAuditEvents takes as `after`. So only the export's events carry one: an
+/// event read from a patient's log does not know its export position (on Redis the log and the
+/// export are apart, on a cluster in different slots), and a log position passed as `after` would
+/// be refused on Redis and mean something else in memory.
+fn event(e: &AuditEvent, from_export: bool) -> pb::AuditEvent {
     pb::AuditEvent {
-        cursor: e.cursor.clone().unwrap_or_default(),
+        cursor: if from_export { e.cursor.clone().unwrap_or_default() } else { String::new() },
         time: Some(conv::to_timestamp(e.time)),
         application: e.application.clone(),
         organisation: e.organisation.clone(),
         end_user: e.end_user.clone().unwrap_or_default(),
         purpose: e.purpose.clone().unwrap_or_default(),
         operation: e.operation.clone(),
-        nhs_number: e.nhs_number.to_string(),
+        // Empty when the call named no valid patient (an export-only event of an invalid request).
+        nhs_number: e.nhs_number.map(|n| n.to_string()).unwrap_or_default(),
         pointer_ids: e.pointer_ids.iter().map(ToString::to_string).collect(),
         outcome: e.outcome.clone(),
         break_glass: e.break_glass,
     }
+}
+
+/// What every access-log page token starts with, once decoded: it tells a page token from an export
+/// cursor on every backend, so a token passed as `after` is refused everywhere.
+const PAGE_TOKEN_PREFIX: &str = "log:";
+
+/// The opaque page token for a store's log position.
+fn page_token(position: String) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{position}"))
+}
+
+/// The store's log position in a page token; a bare position (the token of earlier versions) is
+/// still accepted.
+fn log_position(token: &str) -> String {
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix(PAGE_TOKEN_PREFIX).map(str::to_string))
+        .unwrap_or_else(|| token.to_string())
 }
 
 /// How often a following export stream looks for new events.
@@ -86,21 +117,24 @@ impl AuditLog for AuditLogService {
     ) -> Result<Response<pb::GetAccessLogResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.get_ref();
-        let nhs = conv::nhs_number(&req.nhs_number, "nhs_number")?;
-        let size = match req.page_size {
-            0 => 50,
-            n if n < 0 => return Err(RegistryError::invalid("page_size", "must not be negative").into()),
-            n => n as usize,
-        };
-        let before = match req.page_token.as_str() {
-            "" => None,
-            token if self.registry.audit_store().valid_log_cursor(token) => Some(token.to_string()),
-            _ => return Err(RegistryError::invalid("page_token", "is not a page token from this service").into()),
-        };
+        let parsed = conv::nhs_number(&req.nhs_number, "nhs_number").and_then(|nhs| {
+            let size = match req.page_size {
+                0 => 50,
+                n if n < 0 => return Err(RegistryError::invalid("page_size", "must not be negative")),
+                n => n as usize,
+            };
+            let before = match log_position(&req.page_token).as_str() {
+                "" => None,
+                position if self.registry.audit_store().valid_log_cursor(position) => Some(position.to_string()),
+                _ => return Err(RegistryError::invalid("page_token", "is not a page token from this service")),
+            };
+            Ok((nhs, size, before))
+        });
+        let (nhs, size, before) = recorded(&self.registry, &caller, "GetAccessLog", parsed).await?;
         let page = self.registry.access_log(&caller, nhs, before, size).await?;
         Ok(Response::new(pb::GetAccessLogResponse {
-            events: page.events.iter().map(event).collect(),
-            next_page_token: page.next_before.unwrap_or_default(),
+            events: page.events.iter().map(|e| event(e, false)).collect(),
+            next_page_token: page.next_before.map(page_token).unwrap_or_default(),
         }))
     }
 
@@ -112,11 +146,16 @@ impl AuditLog for AuditLogService {
     ) -> Result<Response<Self::StreamAuditEventsStream>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let mut after = match req.after.as_str() {
-            "" => None,
-            cursor if self.registry.audit_store().valid_export_cursor(cursor) => Some(cursor.to_string()),
-            _ => return Err(RegistryError::invalid("after", "is not a cursor from this service").into()),
+        let after = match req.after.as_str() {
+            "" => Ok(None),
+            cursor if self.registry.audit_store().valid_export_cursor(cursor) => Ok(Some(cursor.to_string())),
+            _ => Err(RegistryError::invalid(
+                "after",
+                "is not an export cursor from this service: use the cursor of an event StreamAuditEvents sent \
+                 (GetAccessLog's events have none, and its page tokens are not cursors)",
+            )),
         };
+        let mut after = recorded(&self.registry, &caller, "StreamAuditEvents", after).await?;
         // Check permission before the stream starts, so a refusal is a status, not a broken stream.
         let first = self.registry.audit_events(&caller, after.clone(), EXPORT_BATCH).await?;
         let registry = self.registry.clone();
@@ -128,7 +167,7 @@ impl AuditLog for AuditLogService {
                 let full = batch.len() == EXPORT_BATCH;
                 for e in &batch {
                     after = e.cursor.clone().or(after);
-                    if sender.send(Ok(event(e))).await.is_err() {
+                    if sender.send(Ok(event(e, true))).await.is_err() {
                         return; // The client went away.
                     }
                 }

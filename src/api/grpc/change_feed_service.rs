@@ -111,7 +111,7 @@ impl ChangeFeedApi for ChangeFeedService {
                     }
                 };
             }
-            tracing::info!(application = %application, items = sent, "snapshot sent");
+            tracing::info!(application = crate::telemetry::log_safe(&application), items = sent, "snapshot sent");
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
     }

@@ -83,7 +83,13 @@ struct Plan {
 impl FederatedLocatorService {
     /// Which regions to ask: the ones the national index says hold the patient (LocatePatient,
     /// which authorises and audits the caller here), narrowed to `target_regions`.
-    async fn plan(&self, caller: &Caller, request: Request<pb::FederatedSearchRequest>) -> Result<Plan, Status> {
+    /// `operation` names the RPC, for the record of a request that fails validation.
+    async fn plan(
+        &self,
+        caller: &Caller,
+        operation: &'static str,
+        request: Request<pb::FederatedSearchRequest>,
+    ) -> Result<Plan, Status> {
         let call_deadline = deadline_of(request.metadata().as_ref());
         let deadline = Instant::now() + fanout::budget(request.get_ref().deadline_ms, call_deadline);
         let mut forwarded = MetadataMap::new();
@@ -94,15 +100,21 @@ impl FederatedLocatorService {
         }
         let req = request.into_inner();
         let reference = self.registry.reference();
-        let query = conv::query(req.query.as_ref(), reference)?;
-        let targets: BTreeSet<RegionCode> = req
-            .target_regions
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                reference.regions.parse_code(r).map_err(|e| RegistryError::invalid(format!("target_regions[{i}]"), e))
-            })
-            .collect::<Result<_, _>>()?;
+        let parsed = conv::query(req.query.as_ref(), reference).and_then(|query| {
+            let targets: BTreeSet<RegionCode> = req
+                .target_regions
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    reference
+                        .regions
+                        .parse_code(r)
+                        .map_err(|e| RegistryError::invalid(format!("target_regions[{i}]"), e))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok((query, targets))
+        });
+        let (query, targets) = super::validation::recorded(&self.registry, caller, operation, parsed).await?;
         let located: BTreeSet<RegionCode> =
             self.registry.locate(caller, query.nhs_number).await?.into_iter().map(|s| s.region).collect();
         let mut wanted: BTreeSet<RegionCode> = if targets.is_empty() { located.clone() } else { targets.clone() };
@@ -153,7 +165,7 @@ impl FederatedLocator for FederatedLocatorService {
         request: Request<pb::FederatedSearchRequest>,
     ) -> Result<Response<pb::FederatedSearchResponse>, Status> {
         let caller = caller_of(&request)?;
-        let plan = self.plan(&caller, request).await?;
+        let plan = self.plan(&caller, "FederatedSearch", request).await?;
         let asks =
             plan.regions.iter().map(|(region, url)| (region.clone(), self.ask(&plan, region, url.as_deref(), &caller)));
         let mut answers = fanout::ask_all(asks).await;
@@ -180,7 +192,7 @@ impl FederatedLocator for FederatedLocatorService {
         request: Request<pb::FederatedSearchRequest>,
     ) -> Result<Response<Self::FederatedSearchStreamStream>, Status> {
         let caller = caller_of(&request)?;
-        let plan = Arc::new(self.plan(&caller, request).await?);
+        let plan = Arc::new(self.plan(&caller, "FederatedSearchStream", request).await?);
         let service = Arc::new(Self { registry: self.registry.clone(), peers: self.peers.clone() });
         let (sender, receiver) = tokio::sync::mpsc::channel(plan.regions.len() + plan.no_match.len() + 1);
         for region in &plan.no_match {

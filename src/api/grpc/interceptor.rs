@@ -19,8 +19,9 @@ pub fn interceptor(authenticator: Authenticator) -> impl FnMut(Request<()>) -> R
             peer_certificates: certificates.as_deref(),
         };
         let caller = authenticator.authenticate(credentials)?;
-        // The `rpc` span (telemetry::RequestIdLayer) names the caller's organisation in every log line.
-        tracing::Span::current().record("caller_org", caller.organisation.as_str());
+        // The `rpc` span (telemetry::RequestIdLayer) names the caller's organisation in every log
+        // line. It comes from the token, and a well-formed ODS code can still be ten digits.
+        tracing::Span::current().record("caller_org", crate::telemetry::log_safe(caller.organisation.as_str()));
         request.extensions_mut().insert(caller);
         Ok(request)
     }

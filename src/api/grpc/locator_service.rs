@@ -23,7 +23,8 @@ impl RecordLocator for RecordLocatorService {
         request: Request<pb::LocatePatientRequest>,
     ) -> Result<Response<pb::LocatePatientResponse>, Status> {
         let caller = super::interceptor::caller_of(&request)?;
-        let nhs_number = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number")?;
+        let nhs_number = conv::nhs_number(&request.get_ref().nhs_number, "nhs_number");
+        let nhs_number = super::validation::recorded(&self.registry, &caller, "LocatePatient", nhs_number).await?;
         let summaries = self.registry.locate(&caller, nhs_number).await?;
         let reference = self.registry.reference();
         Ok(Response::new(pb::LocatePatientResponse {

@@ -109,7 +109,8 @@ pub async fn search_region(
     deadline: Instant,
 ) -> Result<Vec<pb::Pointer>, RegistryError> {
     let channel = peers.channel(url).map_err(RegistryError::Unavailable)?;
-    let mut client = PointerRegistryClient::new(channel);
+    // A region's pages of large pointers may pass a default client's 4 MiB: take what it sends.
+    let mut client = PointerRegistryClient::new(channel).max_decoding_message_size(super::MAX_RESPONSE_BYTES);
     let mut pointers = Vec::new();
     let mut token = String::new();
     loop {

@@ -3,6 +3,7 @@
 use super::conversions as conv;
 use super::interceptor::caller_of;
 use super::status::code_of;
+use super::validation::recorded;
 use crate::domain::limits::MAX_BATCH;
 use crate::error::RegistryError;
 use crate::proto::nrl::v1 as pb;
@@ -38,7 +39,8 @@ impl PointerRegistry for PointerRegistryService {
     ) -> Result<Response<pb::CreatePointerResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let draft = conv::draft(req.pointer.as_ref(), "pointer", self.registry.reference())?;
+        let draft = conv::draft(req.pointer.as_ref(), "pointer", self.registry.reference());
+        let draft = recorded(&self.registry, &caller, "CreatePointer", draft).await?;
         let registered = self.registry.create(&caller, draft).await?;
         Ok(Response::new(pb::CreatePointerResponse {
             pointer: Some((&registered.pointer).into()),
@@ -51,7 +53,8 @@ impl PointerRegistry for PointerRegistryService {
         request: Request<pb::GetPointerRequest>,
     ) -> Result<Response<pb::GetPointerResponse>, Status> {
         let caller = caller_of(&request)?;
-        let id = conv::pointer_id(&request.get_ref().id, "id")?;
+        let id = conv::pointer_id(&request.get_ref().id, "id");
+        let id = recorded(&self.registry, &caller, "GetPointer", id).await?;
         let pointer = self.registry.get(&caller, id).await?;
         Ok(Response::new(pb::GetPointerResponse { pointer: Some((&pointer).into()) }))
     }
@@ -62,11 +65,11 @@ impl PointerRegistry for PointerRegistryService {
     ) -> Result<Response<pb::UpdatePointerResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let id = conv::pointer_id(&req.id, "id")?;
-        if req.version == 0 {
-            return Err(RegistryError::invalid("version", "is required: send the version you read").into());
-        }
-        let draft = conv::draft(req.pointer.as_ref(), "pointer", self.registry.reference())?;
+        let parsed = conv::pointer_id(&req.id, "id").and_then(|id| match req.version {
+            0 => Err(RegistryError::invalid("version", "is required: send the version you read")),
+            _ => Ok((id, conv::draft(req.pointer.as_ref(), "pointer", self.registry.reference())?)),
+        });
+        let (id, draft) = recorded(&self.registry, &caller, "UpdatePointer", parsed).await?;
         let pointer = self.registry.update(&caller, id, req.version, draft).await?;
         Ok(Response::new(pb::UpdatePointerResponse { pointer: Some((&pointer).into()) }))
     }
@@ -77,7 +80,7 @@ impl PointerRegistry for PointerRegistryService {
     ) -> Result<Response<pb::DeletePointerResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let id = conv::pointer_id(&req.id, "id")?;
+        let id = recorded(&self.registry, &caller, "DeletePointer", conv::pointer_id(&req.id, "id")).await?;
         let version = (req.version != 0).then_some(req.version);
         let pointer = self.registry.delete(&caller, id, version).await?;
         Ok(Response::new(pb::DeletePointerResponse { pointer: Some((&pointer).into()) }))
@@ -89,8 +92,9 @@ impl PointerRegistry for PointerRegistryService {
     ) -> Result<Response<pb::SupersedePointerResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let draft = conv::draft(req.pointer.as_ref(), "pointer", self.registry.reference())?;
-        let olds = conv::supersedes(&req.supersedes)?;
+        let parsed = conv::draft(req.pointer.as_ref(), "pointer", self.registry.reference())
+            .and_then(|draft| Ok((draft, conv::supersedes(&req.supersedes)?)));
+        let (draft, olds) = recorded(&self.registry, &caller, "SupersedePointer", parsed).await?;
         let outcome = self.registry.supersede(&caller, draft, olds).await?;
         Ok(Response::new(pb::SupersedePointerResponse {
             pointer: Some((&outcome.pointer).into()),
@@ -105,8 +109,9 @@ impl PointerRegistry for PointerRegistryService {
     ) -> Result<Response<pb::SearchPointersResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let query = conv::query(req.query.as_ref(), self.registry.reference())?;
-        let page = conv::page_request(req.page_size, &req.page_token, &query)?;
+        let parsed = conv::query(req.query.as_ref(), self.registry.reference())
+            .and_then(|query| Ok((conv::page_request(req.page_size, &req.page_token, &query)?, query)));
+        let (page, query) = recorded(&self.registry, &caller, "SearchPointers", parsed).await?;
         let found = self.registry.search(&caller, &query, page).await?;
         Ok(Response::new(pb::SearchPointersResponse {
             pointers: found.pointers.iter().map(Into::into).collect(),
@@ -122,7 +127,8 @@ impl PointerRegistry for PointerRegistryService {
         request: Request<pb::CountPointersRequest>,
     ) -> Result<Response<pb::CountPointersResponse>, Status> {
         let caller = caller_of(&request)?;
-        let query = conv::query(request.get_ref().query.as_ref(), self.registry.reference())?;
+        let query = conv::query(request.get_ref().query.as_ref(), self.registry.reference());
+        let query = recorded(&self.registry, &caller, "CountPointers", query).await?;
         let count = self.registry.count(&caller, &query).await?;
         Ok(Response::new(pb::CountPointersResponse { count }))
     }
@@ -133,14 +139,17 @@ impl PointerRegistry for PointerRegistryService {
     ) -> Result<Response<pb::BatchCreatePointersResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        if req.pointers.is_empty() {
-            return Err(RegistryError::invalid("pointers", "at least one entry is required").into());
-        }
-        if req.pointers.len() > MAX_BATCH {
-            return Err(RegistryError::invalid("pointers", format!("at most {MAX_BATCH} entries per call")).into());
-        }
+        let size = match req.pointers.len() {
+            0 => Err(RegistryError::invalid("pointers", "at least one entry is required")),
+            n if n > MAX_BATCH => {
+                Err(RegistryError::invalid("pointers", format!("at most {MAX_BATCH} entries per call")))
+            }
+            n => Ok(n),
+        };
+        recorded(&self.registry, &caller, "BatchCreatePointers", size).await?;
         let reference = self.registry.reference();
-        // Entry errors name the field relative to the entry ("content[0].url").
+        // Entry errors name the field relative to the entry ("content[0].url"); the registry
+        // records invalid entries with the batch's other refusals.
         let drafts = req.pointers.iter().map(|p| conv::draft(Some(p), "", reference)).collect();
         let results = self.registry.create_batch(&caller, drafts).await;
         let outcomes = results

@@ -32,6 +32,21 @@ impl From<RegistryError> for Status {
     }
 }
 
+/// A request body that is not a valid message of its type (`nrl.v1.CreatePointerRequest`): the
+/// caller's error, so INVALID_ARGUMENT naming the type, with prost's reason (which names fields,
+/// never values). `api::grpc::codec` decodes every request.
+pub fn undecodable(message_type: &str, error: &prost::DecodeError) -> Status {
+    let reason = error.to_string();
+    let reason = reason.strip_prefix("failed to decode Protobuf message: ").unwrap_or(&reason);
+    Status::invalid_argument(format!("{message_type}: not a valid protobuf message ({reason})"))
+}
+
+/// A request whose gRPC framing is broken (`api::grpc::framing`): INVALID_ARGUMENT naming the
+/// request type and what is wrong.
+pub fn misframed(message_type: &str, problem: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{message_type}: {problem}"))
+}
+
 /// The code an error maps to, for batch outcomes (which carry a code rather than a Status).
 pub fn code_of(error: &RegistryError) -> Code {
     match error {

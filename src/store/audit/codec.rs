@@ -43,6 +43,12 @@ struct StoredAuditEvent {
     outcome: String,
     #[prost(bool, tag = "10")]
     break_glass: bool,
+    /// Set when the call named no valid patient (`nhs_number` is then 0, itself a valid number);
+    /// absent in events stored before there were such events.
+    #[prost(bool, tag = "11")]
+    no_patient: bool,
+    #[prost(bool, tag = "12")]
+    export_only: bool,
 }
 
 pub fn encode(event: &AuditEvent) -> Vec<u8> {
@@ -53,10 +59,12 @@ pub fn encode(event: &AuditEvent) -> Vec<u8> {
         end_user: event.end_user.clone(),
         purpose: event.purpose.clone(),
         operation: event.operation.clone(),
-        nhs_number: event.nhs_number.as_u64(),
+        nhs_number: event.nhs_number.map_or(0, NhsNumber::as_u64),
         pointer_ids: event.pointer_ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
         outcome: event.outcome.clone(),
         break_glass: event.break_glass,
+        no_patient: event.nhs_number.is_none(),
+        export_only: event.export_only,
     }
     .encode_to_vec()
 }
@@ -71,10 +79,16 @@ pub fn decode(cursor: String, bytes: &[u8]) -> Result<AuditEvent, StoreError> {
         end_user: stored.end_user,
         purpose: stored.purpose,
         operation: stored.operation,
-        nhs_number: NhsNumber::parse(&format!("{:010}", stored.nhs_number)).map_err(corrupt("audit NHS number"))?,
+        nhs_number: match stored.no_patient {
+            true => None,
+            false => {
+                Some(NhsNumber::parse(&format!("{:010}", stored.nhs_number)).map_err(corrupt("audit NHS number"))?)
+            }
+        },
         pointer_ids: stored.pointer_ids.iter().map(|b| id_from(b)).collect::<Result<_, _>>()?,
         outcome: stored.outcome,
         break_glass: stored.break_glass,
+        export_only: stored.export_only,
     })
 }
 
@@ -94,14 +108,27 @@ mod tests {
             end_user: Some("dr-who".into()),
             purpose: Some("direct-care".into()),
             operation: "SearchPointers".into(),
-            nhs_number: nhs("9434765919"),
+            nhs_number: Some(nhs("9434765919")),
             pointer_ids: vec![p.id, p.id],
             outcome: "OK".into(),
             break_glass: true,
+            export_only: false,
         };
         let bytes = encode(&event);
         assert!(bytes.len() < 120, "{} bytes", bytes.len());
-        assert_eq!(decode("7".into(), &bytes), Ok(event));
+        assert_eq!(decode("7".into(), &bytes), Ok(event.clone()));
         assert!(decode("0".into(), b"\xff\xff garbage").is_err());
+        // A refusal naming no valid patient, and one of patient 0000000000 (a valid number).
+        let nobody = AuditEvent {
+            cursor: Some("8".into()),
+            nhs_number: None,
+            outcome: "INVALID_ARGUMENT".into(),
+            export_only: true,
+            break_glass: false,
+            ..event.clone()
+        };
+        assert_eq!(decode("8".into(), &encode(&nobody)), Ok(nobody));
+        let zero = AuditEvent { cursor: Some("9".into()), nhs_number: Some(nhs("0000000000")), ..event };
+        assert_eq!(decode("9".into(), &encode(&zero)), Ok(zero));
     }
 }

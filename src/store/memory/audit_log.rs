@@ -18,9 +18,10 @@ use std::sync::Arc;
 pub const DEFAULT_RETENTION: usize = 100_000;
 
 pub struct AuditLog {
-    /// (position, patient, encoded event), oldest first; positions are consecutive.
-    events: VecDeque<(u64, NhsNumber, Box<[u8]>)>,
-    /// Each patient's positions, oldest first.
+    /// (position, the patient whose log holds it, encoded event), oldest first; positions are
+    /// consecutive. An export-only event is in no patient's log.
+    events: VecDeque<(u64, Option<NhsNumber>, Box<[u8]>)>,
+    /// Each patient's log: its positions, oldest first.
     by_patient: HashMap<NhsNumber, VecDeque<u64>>,
     next: u64,
     retention: usize,
@@ -43,8 +44,11 @@ impl AuditLog {
     pub fn append(&mut self, event: &AuditEvent) {
         let position = self.next;
         self.next += 1;
-        self.events.push_back((position, event.nhs_number, codec::encode(event).into_boxed_slice()));
-        self.by_patient.entry(event.nhs_number).or_default().push_back(position);
+        let patient = event.patient_log();
+        self.events.push_back((position, patient, codec::encode(event).into_boxed_slice()));
+        if let Some(patient) = patient {
+            self.by_patient.entry(patient).or_default().push_back(position);
+        }
         while self.events.len() > self.retention {
             self.drop_oldest();
         }
@@ -52,10 +56,12 @@ impl AuditLog {
 
     fn drop_oldest(&mut self) {
         let Some((_, patient, _)) = self.events.pop_front() else { return };
-        if let Some(positions) = self.by_patient.get_mut(&patient) {
-            positions.pop_front();
-            if positions.is_empty() {
-                self.by_patient.remove(&patient);
+        if let Some(patient) = patient {
+            if let Some(positions) = self.by_patient.get_mut(&patient) {
+                positions.pop_front();
+                if positions.is_empty() {
+                    self.by_patient.remove(&patient);
+                }
             }
         }
         if self.dropped == 0 {
@@ -130,11 +136,30 @@ mod tests {
             end_user: None,
             purpose: Some("direct-care".into()),
             operation: format!("Op{n}"),
-            nhs_number: nhs(patient),
+            nhs_number: Some(nhs(patient)),
             pointer_ids: vec![],
             outcome: "OK".into(),
             break_glass: false,
+            export_only: false,
         }
+    }
+
+    #[test]
+    fn export_only_events_are_in_the_export_and_in_no_patient_log() {
+        let mut log = AuditLog::new(3, None);
+        log.append(&event("9434765919", 0));
+        log.append(&AuditEvent { export_only: true, outcome: "PERMISSION_DENIED".into(), ..event("9434765919", 1) });
+        log.append(&AuditEvent { nhs_number: None, export_only: true, ..event("9434765919", 2) });
+        let patient = log.patient_events(nhs("9434765919"), None, 10).expect("log");
+        assert_eq!(patient.events.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(), ["Op0"]);
+        let export = log.events_after(None, 10).expect("export");
+        assert_eq!(export.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(), ["Op0", "Op1", "Op2"]);
+        assert_eq!(export[2].nhs_number, None);
+        // Past the retention the oldest goes from both, export-only or not.
+        log.append(&AuditEvent { export_only: true, ..event("9434765919", 3) });
+        log.append(&AuditEvent { export_only: true, ..event("9434765919", 4) });
+        assert!(log.patient_events(nhs("9434765919"), None, 10).expect("log").events.is_empty());
+        assert!(log.by_patient.is_empty(), "no patient left with an empty log");
     }
 
     #[test]

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 
 /// Audit events: each patient's log is a LIST in the patient's slot (`keys::audit`), read by
-/// GetAccessLog; the export is one STREAM with bounded retention (`keys::AUDIT_EXPORT`). On
+/// GetAccessLog, and kept in full, so only what read or changed the patient's data goes there
+/// (`AuditEvent::patient_log`); the export is one STREAM with bounded retention
+/// (`keys::AUDIT_EXPORT`) and takes every event. On
 /// standalone Redis one script records a whole call's events in both, atomically. On a cluster
 /// the export lives in another slot, so it is recorded by its own script call, sent together with
 /// the patients' (one round trip in flight); the call fails unless all of them succeed.
@@ -21,15 +23,18 @@ impl AuditStore for RedisStore {
         if events.is_empty() {
             return Ok(());
         }
-        // The distinct patients in first-seen order, and each event's patient as a 1-based index.
+        // The distinct patients' logs in first-seen order, and each event's log as a 1-based
+        // index (0: the export only, for an event that belongs in no patient's log).
         let mut patients: Vec<NhsNumber> = Vec::new();
         let mut index_of: HashMap<NhsNumber, usize> = HashMap::new();
         let encoded: Vec<(usize, Vec<u8>)> = events
             .iter()
             .map(|event| {
-                let log = *index_of.entry(event.nhs_number).or_insert_with(|| {
-                    patients.push(event.nhs_number);
-                    patients.len()
+                let log = event.patient_log().map_or(0, |nhs| {
+                    *index_of.entry(nhs).or_insert_with(|| {
+                        patients.push(nhs);
+                        patients.len()
+                    })
                 });
                 (log, codec::encode(event))
             })
@@ -49,7 +54,9 @@ impl AuditStore for RedisStore {
                 .collect();
             for (log, bytes) in &encoded {
                 export.arg(0).arg(bytes.as_slice());
-                logs[log - 1].arg(1).arg(bytes.as_slice());
+                if *log > 0 {
+                    logs[log - 1].arg(1).arg(bytes.as_slice());
+                }
             }
             invocations.push(export);
             invocations.extend(logs);

@@ -13,10 +13,11 @@ fn event(patient: &str) -> AuditEvent {
         end_user: None,
         purpose: None,
         operation: "SearchPointers".into(),
-        nhs_number: nhs(patient),
+        nhs_number: Some(nhs(patient)),
         pointer_ids: vec![],
         outcome: "OK".into(),
         break_glass: false,
+        export_only: false,
     }
 }
 

@@ -9,13 +9,22 @@
 //! A separate port keeps probes and scrapes from queueing behind API calls and lets the cluster's
 //! monitoring reach them without reaching the API. Nothing here carries patient data.
 //! [`AdminServer`] also owns the server's [`Metrics`], so it hands out the metered store and the
-//! per-call layers that feed them.
+//! per-call layers that feed them, and the table of open [`Connections`] of both listeners.
+//!
+//! The listener has its own connection cap (`NRL_ADMIN_MAX_CONNECTIONS`), so a flood of API
+//! connections never takes `/live` down with it, and closes connections that send no complete
+//! request, sit idle, or take longer over one request than the handshake timeout.
 
+use crate::limits::accept::Acceptor;
+use crate::limits::connection::{CallBody, ConnectionKey, Connections, Listener};
+use crate::limits::ConnectionLimits;
 use crate::metrics::rpc::RpcMetricsLayer;
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
 use crate::telemetry::RequestIdLayer;
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -37,6 +46,8 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// Reports the address actually bound, for listening on port 0 (tests).
     pub bound: BoundAddress,
+    /// Its connection cap and timeouts.
+    pub connections: ConnectionLimits,
 }
 
 impl AdminConfig {
@@ -99,6 +110,7 @@ impl Readiness {
 /// listener stops when this is dropped.
 pub struct AdminServer {
     readiness: Arc<Readiness>,
+    connections: Arc<Connections>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -108,25 +120,34 @@ impl AdminServer {
     /// `backend` is the store's short name, as `PointerStore::backend` reports it.
     pub async fn start(config: &AdminConfig, backend: &'static str) -> std::io::Result<Self> {
         let metrics = Arc::new(Metrics::new(backend));
+        let connections = Connections::new(metrics.clone());
         let readiness = Arc::new(Readiness { metrics, draining: AtomicBool::new(false) });
         let Some(listen) = config.listen else {
-            return Ok(Self { readiness, task: None });
+            return Ok(Self { readiness, connections, task: None });
         };
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
         config.bound.set(local_addr);
         tracing::info!(admin_listen = %local_addr, "admin endpoints: /metrics /live /ready");
-        let app = router(readiness.clone());
+        let acceptor = Acceptor::new(listener, Listener::Admin, config.connections, connections.clone())
+            .refusing_with(crate::limits::accept::Refusal::Http1);
+        let app = router(readiness.clone(), connections.clone()).into_make_service_with_connect_info::<ConnectionKey>();
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = axum::serve(acceptor, app).await {
                 tracing::error!(error = %e, "admin listener failed");
             }
         });
-        Ok(Self { readiness, task: Some(task) })
+        Ok(Self { readiness, connections, task: Some(task) })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.readiness.metrics
+    }
+
+    /// The open connections of both listeners: the gRPC listener's accept loop and per-call
+    /// layer add theirs here, so that either listener can free a descriptor held by the other.
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
     }
 
     /// The per-call layers for the gRPC server: a request id and span (outer), then metrics.
@@ -151,12 +172,25 @@ impl Drop for AdminServer {
     }
 }
 
-fn router(readiness: Arc<Readiness>) -> Router {
+fn router(readiness: Arc<Readiness>, connections: Arc<Connections>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(ready))
         .with_state(readiness)
+        .layer(middleware::from_fn_with_state(connections, track_call))
+}
+
+/// Marks the request's connection busy until the response is sent, so the idle deadline does not
+/// cut it off mid-answer (and the request deadline does, if the client reads too slowly).
+async fn track_call(
+    State(connections): State<Arc<Connections>>,
+    ConnectInfo(key): ConnectInfo<ConnectionKey>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let call = connections.call_started(key);
+    next.run(request).await.map(|body| Body::new(CallBody::new(body, call)))
 }
 
 async fn metrics(State(readiness): State<Arc<Readiness>>) -> Response {

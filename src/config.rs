@@ -9,8 +9,10 @@ use crate::auth::mtls::ClientDirectory;
 use crate::auth::Authenticator;
 use crate::domain::ReferenceData;
 use crate::domain::{PointerTypeCatalogue, RegionCode, RegionDirectory};
+use crate::limits::{self, ConnectionLimits, LimitsConfig};
 use crate::store::redis::RedisConfig;
 use clap::parser::ValueSource;
+use limits_flags::limits_config;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -19,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+mod limits_flags;
 
 pub const ENV_LISTEN: &str = "NRL_LISTEN";
 pub const ENV_STORE: &str = "NRL_STORE";
@@ -47,6 +51,17 @@ pub const ENV_PEER_TOKEN_FILE: &str = "NRL_PEER_TOKEN_FILE";
 pub const ENV_FEED_RETENTION: &str = "NRL_FEED_RETENTION";
 pub const ENV_AUDIT_EXPORT_RETENTION: &str = "NRL_AUDIT_EXPORT_RETENTION";
 pub const ENV_MEMORY_AUDIT_RETENTION: &str = "NRL_MEMORY_AUDIT_RETENTION";
+pub const ENV_MAX_CONNECTIONS: &str = "NRL_MAX_CONNECTIONS";
+pub const ENV_ADMIN_MAX_CONNECTIONS: &str = "NRL_ADMIN_MAX_CONNECTIONS";
+pub const ENV_HANDSHAKE_TIMEOUT: &str = "NRL_HANDSHAKE_TIMEOUT_MS";
+pub const ENV_IDLE_TIMEOUT: &str = "NRL_IDLE_TIMEOUT_MS";
+pub const ENV_KEEPALIVE_INTERVAL: &str = "NRL_KEEPALIVE_INTERVAL_MS";
+pub const ENV_KEEPALIVE_TIMEOUT: &str = "NRL_KEEPALIVE_TIMEOUT_MS";
+pub const ENV_MAX_IN_FLIGHT: &str = "NRL_MAX_IN_FLIGHT";
+pub const ENV_MAX_METADATA_BYTES: &str = "NRL_MAX_METADATA_BYTES";
+pub const ENV_MAX_HEADER_LIST_BYTES: &str = "NRL_MAX_HEADER_LIST_BYTES";
+/// The smallest metadata limit allowed: an ordinary call's own headers take a few hundred bytes.
+const MIN_METADATA_BYTES: usize = 1024;
 /// Issuer and audience of development tokens (`nrl token`) unless configured otherwise.
 pub const DEFAULT_JWT_ISSUER: &str = "nrl-registry-dev";
 pub const DEFAULT_JWT_AUDIENCE: &str = "nrl-registry";
@@ -74,9 +89,43 @@ pub struct ServeArgs {
     /// Per-request timeout in milliseconds (DEADLINE_EXCEEDED after it).
     #[arg(long, env = ENV_REQUEST_TIMEOUT, allow_negative_numbers = true, default_value = "10000")]
     pub request_timeout_ms: String,
-    /// Concurrent calls allowed on one client connection.
+    /// Concurrent calls allowed on one client connection, advertised to clients as HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (a client queues its own excess; the server queues nothing).
     #[arg(long, env = ENV_STREAMS_PER_CONNECTION, allow_negative_numbers = true, default_value = "256")]
     pub max_concurrent_streams: String,
+    /// Calls in flight at once across all connections; the excess is refused at once with
+    /// RESOURCE_EXHAUSTED and a retry hint (grpc.health.v1 is not counted).
+    #[arg(long, env = ENV_MAX_IN_FLIGHT, allow_negative_numbers = true, default_value_t = limits::DEFAULT_MAX_IN_FLIGHT.to_string())]
+    pub max_in_flight: String,
+    /// gRPC connections open at once. At the cap a new connection replaces the longest-idle one, or
+    /// is refused if none is idle. Lowered to fit the process's open-file limit.
+    #[arg(long, env = ENV_MAX_CONNECTIONS, allow_negative_numbers = true, default_value_t = limits::DEFAULT_MAX_CONNECTIONS.to_string())]
+    pub max_connections: String,
+    /// Admin listener connections open at once, kept apart from the gRPC ones.
+    #[arg(long, env = ENV_ADMIN_MAX_CONNECTIONS, allow_negative_numbers = true, default_value_t = limits::DEFAULT_ADMIN_MAX_CONNECTIONS.to_string())]
+    pub admin_max_connections: String,
+    /// A connection that has not sent its first call's headers this long after connecting (TLS and
+    /// HTTP/2 setup included) is closed. On the admin listener, also the idle and request limit.
+    #[arg(long, env = ENV_HANDSHAKE_TIMEOUT, allow_negative_numbers = true, default_value_t = limits::DEFAULT_HANDSHAKE_TIMEOUT_MS.to_string())]
+    pub handshake_timeout_ms: String,
+    /// A gRPC connection with no call in flight for this long is closed.
+    #[arg(long, env = ENV_IDLE_TIMEOUT, allow_negative_numbers = true, default_value_t = limits::DEFAULT_IDLE_TIMEOUT_MS.to_string())]
+    pub idle_timeout_ms: String,
+    /// HTTP/2 PING interval on every gRPC connection...
+    #[arg(long, env = ENV_KEEPALIVE_INTERVAL, allow_negative_numbers = true, default_value_t = limits::DEFAULT_KEEPALIVE_INTERVAL_MS.to_string())]
+    pub keepalive_interval_ms: String,
+    /// ...and how long its answer may take before the connection is closed.
+    #[arg(long, env = ENV_KEEPALIVE_TIMEOUT, allow_negative_numbers = true, default_value_t = limits::DEFAULT_KEEPALIVE_TIMEOUT_MS.to_string())]
+    pub keepalive_timeout_ms: String,
+    /// Request metadata one call may carry (names + values + 32 per entry, as HTTP/2 counts).
+    /// Over it, the call is answered UNAUTHENTICATED (if `authorization` is the largest entry) or
+    /// INVALID_ARGUMENT naming the largest entry.
+    #[arg(long, env = ENV_MAX_METADATA_BYTES, allow_negative_numbers = true, default_value_t = limits::DEFAULT_MAX_METADATA_BYTES.to_string())]
+    pub max_metadata_bytes: String,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: the headers the transport takes at all. Over it, HTTP/2
+    /// itself answers (HTTP 431, or GOAWAY for a header block far over it).
+    #[arg(long, env = ENV_MAX_HEADER_LIST_BYTES, allow_negative_numbers = true, default_value_t = limits::DEFAULT_MAX_HEADER_LIST_BYTES.to_string())]
+    pub max_header_list_bytes: String,
     /// Redis: every store call fails with UNAVAILABLE after this many milliseconds.
     #[arg(long, env = ENV_REDIS_TIMEOUT, allow_negative_numbers = true, default_value = "1000")]
     pub redis_timeout_ms: String,
@@ -266,6 +315,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub request_timeout: Duration,
     pub max_concurrent_streams: u32,
+    /// Connections, in-flight calls, timeouts and header sizes of the gRPC listener.
+    pub limits: LimitsConfig,
     pub admin: AdminConfig,
     /// Audit events the memory store keeps.
     pub memory_audit_retention: usize,
@@ -283,6 +334,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             max_concurrent_streams: 256,
+            limits: LimitsConfig::default(),
             admin: AdminConfig::default(),
             memory_audit_retention: crate::store::memory::DEFAULT_AUDIT_RETENTION,
         }
@@ -373,6 +425,7 @@ impl TryFrom<ServeArgs> for ServerConfig {
                 .map_err(|e| problems.push(e))
                 .ok(),
         };
+        let limits = limits_config(&args, &mut problems);
         let admin_listen = AdminConfig::parse_listen(&args.admin_listen)
             .map_err(|e| format!("{}={:?}: {e}", args.name("admin_listen"), args.admin_listen))
             .and_then(|admin| match admin {
@@ -397,7 +450,15 @@ impl TryFrom<ServeArgs> for ServerConfig {
                     shutdown_grace: Duration::from_secs(shutdown_grace_secs),
                     request_timeout: Duration::from_millis(request_timeout_ms),
                     max_concurrent_streams,
-                    admin: AdminConfig { listen: admin_listen, ..AdminConfig::default() },
+                    limits: limits.config,
+                    admin: AdminConfig {
+                        listen: admin_listen,
+                        connections: ConnectionLimits::admin(
+                            limits.admin_max_connections,
+                            limits.config.connections.handshake_timeout,
+                        ),
+                        ..AdminConfig::default()
+                    },
                     memory_audit_retention,
                 })
             }
@@ -645,6 +706,45 @@ mod tests {
         assert!(err.to_string().contains("--admin-listen=\"nine\""), "{err}");
         let err = parse(&["--admin-listen", "127.0.0.1:50051"]).expect_err("clashes with the gRPC port");
         assert!(err.to_string().contains(ENV_LISTEN), "{err}");
+    }
+
+    #[test]
+    fn connection_and_call_limits_have_documented_defaults_and_every_bad_one_is_reported() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.limits, LimitsConfig::default());
+        assert_eq!(config.limits.max_in_flight, 512);
+        assert_eq!(config.limits.connections.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.admin.connections.max_connections, 64);
+        let config = parse(&["--handshake-timeout-ms", "250", "--admin-max-connections", "8"]).expect("valid");
+        assert_eq!(
+            config.admin.connections.handshake_timeout,
+            Duration::from_millis(250),
+            "shared with the admin listener"
+        );
+        assert_eq!(config.admin.connections.max_connections, 8);
+        let err = parse(&[
+            "--max-connections",
+            "0",
+            "--idle-timeout-ms",
+            "soon",
+            "--max-in-flight",
+            "-1",
+            "--max-metadata-bytes",
+            "100",
+            "--max-header-list-bytes",
+            "50",
+        ])
+        .expect_err("invalid");
+        assert_eq!(
+            err.0,
+            [
+                r#"--max-connections="0": must be at least 1"#,
+                r#"--idle-timeout-ms="soon": is not a whole number"#,
+                r#"--max-in-flight="-1": must be at least 1"#,
+                r#"--max-metadata-bytes="100": must be at least 1024"#,
+                r#"--max-header-list-bytes="50": must be at least --max-metadata-bytes (1024), or calls over that get HTTP 431 instead of a status"#,
+            ]
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`server`]: assembles stores, registry and services with health and reflection; graceful shutdown.
 //! - [`config`], [`telemetry`], [`cli`], [`load`]: process concerns for the `nrl` and `nrl-load` binaries.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP listener (/metrics, /live, /ready).
+//! - [`limits`]: what the server takes on at once: connections (caps, handshake and idle
+//!   timeouts, the accept loop) and calls (the in-flight cap, the request deadline, metadata size).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -27,6 +29,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod federation;
+pub mod limits;
 pub mod load;
 pub mod metrics;
 pub mod registry;

@@ -7,6 +7,7 @@
 //! label, so neither can an NHS number.
 //!
 //! - [`rpc`]: the tower layer that counts and times every call.
+//! - `limits` counts the connections it holds, refuses and closes, and the calls it sheds.
 //! - The store's metering decorator (`store/metered.rs`) times every store call with these series.
 
 pub mod rpc;
@@ -101,6 +102,17 @@ impl Refusal {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerReasonLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     revision: &'static str,
@@ -125,6 +137,12 @@ pub struct Metrics {
     audit_batch_events: Histogram,
     audit_batch_wait: Histogram,
     audit_events_dropped: Counter,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_max: Family<ListenerLabels, Gauge>,
+    connections_refused: Family<ListenerReasonLabels, Counter>,
+    connections_closed: Family<ListenerReasonLabels, Counter>,
+    accept_errors: Family<ListenerReasonLabels, Counter>,
+    calls_shed: Counter,
     refusals: Family<Refusal, Counter>,
 }
 
@@ -188,6 +206,42 @@ impl Metrics {
             "Audit events the memory store dropped, oldest first, past its retention (always 0 on Redis)",
             audit_events_dropped.clone(),
         );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "nrl_connections_open",
+            "Connections open, by listener (grpc, admin)",
+            connections_open.clone(),
+        );
+        let connections_max = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "nrl_connections_max",
+            "Each listener's connection cap in force: its setting, lowered to fit the open-file limit",
+            connections_max.clone(),
+        );
+        let connections_refused = Family::<ListenerReasonLabels, Counter>::default();
+        registry.register(
+            "nrl_connections_refused",
+            "Connections closed as soon as accepted: the listener was full and none of its connections was idle",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::<ListenerReasonLabels, Counter>::default();
+        registry.register(
+            "nrl_connections_closed",
+            "Connections the server closed itself: handshake_timeout, idle_timeout, call_timeout, evicted (to make room)",
+            connections_closed.clone(),
+        );
+        let accept_errors = Family::<ListenerReasonLabels, Counter>::default();
+        registry.register(
+            "nrl_accept_errors",
+            "Failed accepts, after each of which the listener pauses: fd_limit (out of file descriptors) or other",
+            accept_errors.clone(),
+        );
+        let calls_shed = Counter::default();
+        registry.register(
+            "nrl_calls_shed",
+            "Calls refused with RESOURCE_EXHAUSTED at once because NRL_MAX_IN_FLIGHT calls were in flight",
+            calls_shed.clone(),
+        );
         let refusals = Family::<Refusal, Counter>::default();
         registry.register(
             "nrl_refusals",
@@ -214,6 +268,12 @@ impl Metrics {
             audit_batch_events,
             audit_batch_wait,
             audit_events_dropped,
+            connections_open,
+            connections_max,
+            connections_refused,
+            connections_closed,
+            accept_errors,
+            calls_shed,
             refusals,
         }
     }
@@ -275,6 +335,30 @@ impl Metrics {
 
     pub fn set_store_up(&self, up: bool) {
         self.store_up.set(i64::from(up));
+    }
+
+    pub fn set_connections_open(&self, listener: &'static str, open: usize) {
+        self.connections_open.get_or_create(&ListenerLabels { listener }).set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_connections_max(&self, listener: &'static str, max: usize) {
+        self.connections_max.get_or_create(&ListenerLabels { listener }).set(i64::try_from(max).unwrap_or(i64::MAX));
+    }
+
+    pub fn connection_refused(&self, listener: &'static str, reason: &'static str) {
+        self.connections_refused.get_or_create(&ListenerReasonLabels { listener, reason }).inc();
+    }
+
+    pub fn connection_closed(&self, listener: &'static str, reason: &'static str) {
+        self.connections_closed.get_or_create(&ListenerReasonLabels { listener, reason }).inc();
+    }
+
+    pub fn accept_error(&self, listener: &'static str, reason: &'static str) {
+        self.accept_errors.get_or_create(&ListenerReasonLabels { listener, reason }).inc();
+    }
+
+    pub fn call_shed(&self) {
+        self.calls_shed.inc();
     }
 }
 

@@ -9,6 +9,10 @@ use crate::clock::SystemClock;
 use crate::config::{ServerConfig, StoreConfig};
 use crate::federation::follower;
 use crate::federation::peers::Peers;
+use crate::limits::accept::{self, Acceptor};
+use crate::limits::admission::AdmissionLayer;
+use crate::limits::connection::Listener;
+use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::registry::Registry;
@@ -20,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -131,18 +134,35 @@ pub async fn run(
     let local = listener.local_addr().ok();
     tracing::info!(listen = ?local, store = backend, "nrl-registry serving");
 
-    // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small responses.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut builder = Server::builder();
-    if let Some(tls) = config.auth.tls.clone() {
-        builder = builder.tls_config(tls)?;
+    let limits = config.limits;
+    let connections = admin.connections().clone();
+    let mut acceptor = Acceptor::new(listener, Listener::Grpc, grpc_connection_limits(&config), connections.clone());
+    if config.auth.tls.is_none() {
+        // Over TLS the refusal could only come after a handshake the refused connection may not have.
+        acceptor = acceptor.refusing_with(accept::Refusal::Http2);
     }
+    let incoming = acceptor.into_incoming();
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut builder = Server::builder()
+        // Advertised, so clients queue their own excess; the server itself queues no call.
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .http2_max_header_list_size(limits.max_header_list_bytes);
+    if let Some(tls) = config.auth.tls.clone() {
+        builder = builder.tls_config(tls.timeout(limits.connections.handshake_timeout))?;
+    }
+    // No `Server::timeout`: the admission layer keeps the request timeout and answers
+    // DEADLINE_EXCEEDED (tonic's answers CANCELLED).
     let serve = builder
         .layer(admin.rpc_layer(config.request_timeout))
+        .layer(AdmissionLayer::new(
+            limits.max_in_flight,
+            config.request_timeout,
+            limits.max_metadata_bytes,
+            connections,
+        ))
         .layer(CallBudgetLayer::new(store_budget(&config)))
-        .timeout(config.request_timeout)
-        .concurrency_limit_per_connection(config.max_concurrent_streams as usize)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = drain_rx.await;
@@ -178,6 +198,23 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// The gRPC listener's connection limits, its cap fitted to the process's open-file limit.
+fn grpc_connection_limits(config: &ServerConfig) -> ConnectionLimits {
+    let wanted = config.limits.connections;
+    let admin = if config.admin.listen.is_some() { config.admin.connections.max_connections } else { 0 };
+    let open_files = accept::open_file_limit();
+    let max_connections = accept::fit_to_descriptors(wanted.max_connections, admin, open_files);
+    if max_connections < wanted.max_connections {
+        tracing::warn!(
+            max_connections,
+            configured = wanted.max_connections,
+            open_file_limit = open_files,
+            "gRPC connection cap lowered to fit the open-file limit"
+        );
+    }
+    ConnectionLimits { max_connections, ..wanted }
 }
 
 /// What one call may spend on the store: the Redis timeout, or (memory) the request timeout.

@@ -2,9 +2,11 @@
 //!
 //! The code of a gRPC call is known only at its end: in the response headers for an error answered
 //! at once (trailers-only), otherwise in the trailers after the last message. So the layer wraps the
-//! response body and settles the call when the body ends or is dropped. A call the server abandons
-//! (tonic's request timeout sits outside this layer) or the client cancels never gets a status; it
-//! is counted as `DEADLINE_EXCEEDED` once its deadline has passed, else `CANCELLED`.
+//! response body and settles the call when the body ends or is dropped. The server's own deadline
+//! is answered inside this layer (`limits::admission`, DEADLINE_EXCEEDED), so it is counted from
+//! the status like any other; a call that still ends without a status (the client cancelled it,
+//! or the connection died) is counted as `DEADLINE_EXCEEDED` once its deadline has passed, else
+//! `CANCELLED`.
 //!
 //! The same settlement writes the access log line, inside the request's span (request id, method):
 //! at `debug` for answers, at `warn` for server-side failures.
@@ -197,17 +199,12 @@ impl Drop for Call {
     }
 }
 
-/// Codes that mean the service, not the caller, is at fault.
+/// Codes that mean the service, not the caller, is at fault. RESOURCE_EXHAUSTED is not among
+/// them: it is the answer of a server shedding load, counted in `nrl_calls_shed_total` and warned
+/// about at most every few seconds by the admission layer, since a log line per refused call would
+/// add work exactly when the server has none to spare.
 fn is_server_failure(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Internal
-            | Code::Unavailable
-            | Code::DataLoss
-    )
+    matches!(code, Code::Unknown | Code::DeadlineExceeded | Code::Internal | Code::Unavailable | Code::DataLoss)
 }
 
 fn status_in(headers: &HeaderMap) -> Option<Code> {

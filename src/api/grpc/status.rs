@@ -3,6 +3,8 @@
 //! variant does not compile until someone decides its code.
 
 use crate::error::RegistryError;
+use std::time::Duration;
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -81,4 +83,45 @@ pub fn error_of(status: &Status) -> RegistryError {
             RegistryError::Internal(format!("{:?}: {message}", status.code()))
         }
     }
+}
+
+/// Metadata key of the retry hint on an overloaded answer: gRPC's own server pushback, which
+/// clients with a retry policy honour. The same delay is in a `google.rpc.RetryInfo` detail.
+pub const RETRY_PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
+
+/// The server has as many calls in flight as it takes (`NRL_MAX_IN_FLIGHT`): this one is refused
+/// at once, not queued, with when to try again.
+pub fn overloaded(retry_after: Duration) -> Status {
+    let millis = retry_after.as_millis();
+    let mut status = Status::with_error_details(
+        Code::ResourceExhausted,
+        format!("server busy: too many calls in flight; retry in {millis} ms"),
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    );
+    status.metadata_mut().insert(RETRY_PUSHBACK_KEY, MetadataValue::from(u64::try_from(millis).unwrap_or(u64::MAX)));
+    status
+}
+
+/// The call ran past its deadline: the server's request timeout, or the client's `grpc-timeout`
+/// if that was shorter. Its work has been stopped.
+pub fn timed_out(deadline: Duration) -> Status {
+    Status::deadline_exceeded(format!("deadline exceeded: the call took more than {} ms", deadline.as_millis()))
+}
+
+/// The call's request metadata is over the server's limit (`NRL_MAX_METADATA_BYTES`). `largest` is
+/// the name of its largest entry: an oversized `authorization` is a credential the server will not
+/// read (UNAUTHENTICATED); anything else is a bad request naming the entry (INVALID_ARGUMENT).
+pub fn metadata_too_large(largest: &str, size: usize, limit: usize) -> Status {
+    let reason =
+        format!("request metadata is {size} bytes, over the limit of {limit} bytes, and this entry is the largest");
+    if largest == "authorization" {
+        return Status::unauthenticated(format!("authorization: {reason}"));
+    }
+    // A client-chosen name is echoed only if it cannot carry an NHS number.
+    let field = if largest.bytes().any(|b| b.is_ascii_digit()) { "metadata" } else { largest };
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {reason}"),
+        ErrorDetails::with_bad_request_violation(field, reason),
+    )
 }

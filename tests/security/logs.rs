@@ -36,17 +36,7 @@ async fn nhs_numbers_never_reach_the_logs() {
         &log,
     );
 
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).expect("endpoint");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let channel = loop {
-        match endpoint.connect().await {
-            Ok(channel) => break channel,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "nrl serve never listened: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let channel = connect_when_listening(port).await;
 
     let patient = new_patient();
     let spaced = format!("{} {} {}", &patient[..3], &patient[3..6], &patient[6..]);
@@ -394,17 +384,7 @@ async fn nhs_numbers_smuggled_into_ids_end_users_and_tokens_reach_no_log_line_an
             .env("NRL_LOG_FORMAT", "json"),
         &log,
     );
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).expect("endpoint");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let channel = loop {
-        match endpoint.connect().await {
-            Ok(channel) => break channel,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "nrl serve never listened: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let channel = connect_when_listening(port).await;
 
     let smuggled = new_patient();
     let forms = disguises(&smuggled);
@@ -465,4 +445,19 @@ async fn nhs_numbers_smuggled_into_ids_end_users_and_tokens_reach_no_log_line_an
     assert!(hits.is_empty(), "{} log lines hold ten digits in a row, e.g. {:?}", hits.len(), hits.first());
     let squeezed: String = logs.chars().filter(char::is_ascii_alphanumeric).collect();
     assert!(!squeezed.contains(&smuggled), "the smuggled patient is in the log, in some format");
+}
+
+/// A channel to the `nrl serve` on `port`, once it listens (within 30 s).
+async fn connect_when_listening(port: u16) -> tonic::transport::Channel {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).expect("endpoint");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return channel,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "nrl serve never listened: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }

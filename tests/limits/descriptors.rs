@@ -84,7 +84,11 @@ async fn out_of_descriptors_with_every_connection_busy_the_accept_loop_pauses_in
 
     // Ending some calls frees their descriptors; the admin listener gets one.
     busy.truncate(busy.len().saturating_sub(40));
-    let series = scrape(server.admin).await;
+    // The server notices the closed connections a moment later; until then a new connection may
+    // be taken and dropped, so the scrape is retried (bounded).
+    let (status, text) = get_within(server.admin, "/metrics", Duration::from_secs(5)).await;
+    assert_eq!(status, 200, "{text}");
+    let series = parse_scrape(&text);
     assert!(value(&series, r#"nrl_accept_errors_total{listener="grpc",reason="fd_limit"}"#) >= 1.0, "{series:#?}");
     assert!(value(&series, r#"nrl_connections_max{listener="grpc"}"#) < 128.0, "the cap came down: {series:#?}");
     // Once every call has ended, the listener serves newcomers again.

@@ -56,6 +56,32 @@ async fn start(mut config: ServerConfig) -> (TestServer, SocketAddr) {
     (server, admin)
 }
 
+/// GET over HTTP/1.1 on a new connection, or `None` when the connection is closed without an
+/// answer (a listener at its descriptor or connection limit may take a connection and drop it).
+async fn try_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(admin).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// [`try_get`] until it answers, for up to `limit`.
+async fn get_within(admin: SocketAddr, path: &str, limit: Duration) -> (u16, String) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(answer)) = tokio::time::timeout(Duration::from_secs(1), try_get(admin, path)).await {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "no answer to {path} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// GET over HTTP/1.1 on a new connection: (status, body). Panics if there is no answer in 5 s.
 async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
     let exchange = async {
@@ -77,6 +103,11 @@ async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
 async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
     let (status, text) = get(admin, "/metrics").await;
     assert_eq!(status, 200, "{text}");
+    parse_scrape(&text)
+}
+
+/// An OpenMetrics text as `series{labels}` → value.
+fn parse_scrape(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| line.rsplit_once(' '))

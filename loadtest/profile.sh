@@ -53,7 +53,7 @@ if [ "$STORE" = redis ]; then
   for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
-NRL_ADMIN_LISTEN=off valgrind --tool=callgrind --callgrind-out-file="$ROOT/$OUT/startup.callgrind" \
+NRL_ADMIN_LISTEN=off NRL_FHIR_LISTEN=off valgrind --tool=callgrind --callgrind-out-file="$ROOT/$OUT/startup.callgrind" \
   "$BIN/nrl" serve --listen "127.0.0.1:$PORT" --store "$STORE_URL" > "$OUT/server.log" 2>&1 &
 SERVER=$!
 PIDS+=("$SERVER")

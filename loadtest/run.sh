@@ -170,8 +170,8 @@ start_redis() {
 start_server() {
   local name=$1 port=$2 admin=$3 store=$4; shift 4
   [ "$admin" = off ] || admin=127.0.0.1:$admin
-  record NRL_ADMIN_LISTEN="$admin" "$NRL" serve --listen "127.0.0.1:$port" --store "$store" "$@"
-  NRL_ADMIN_LISTEN="$admin" "$NRL" serve --listen "127.0.0.1:$port" --store "$store" "$@" > "$OUT/$name.log" 2>&1 &
+  record NRL_ADMIN_LISTEN="$admin" NRL_FHIR_LISTEN=off "$NRL" serve --listen "127.0.0.1:$port" --store "$store" "$@"
+  NRL_ADMIN_LISTEN="$admin" NRL_FHIR_LISTEN=off "$NRL" serve --listen "127.0.0.1:$port" --store "$store" "$@" > "$OUT/$name.log" 2>&1 &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   for _ in $(seq 100); do

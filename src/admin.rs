@@ -77,7 +77,7 @@ impl BoundAddress {
         }
     }
 
-    fn set(&self, address: SocketAddr) {
+    pub fn set(&self, address: SocketAddr) {
         self.0.send_replace(Some(address));
     }
 }

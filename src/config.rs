@@ -4,6 +4,7 @@
 //! variable. Then `nrl` exits 64.
 
 use crate::admin::AdminConfig;
+use crate::api::fhir::FhirConfig;
 use crate::auth::jwt::{JwtVerifier, VerifyingKey};
 use crate::auth::mtls::ClientDirectory;
 use crate::auth::Authenticator;
@@ -37,6 +38,7 @@ pub const ENV_REDIS_WAIT_REPLICAS: &str = "NRL_REDIS_WAIT_REPLICAS";
 pub const ENV_REDIS_WAIT_TIMEOUT: &str = "NRL_REDIS_WAIT_TIMEOUT_MS";
 pub const ENV_REDIS_STARTUP_WAIT: &str = "NRL_REDIS_STARTUP_WAIT_SECS";
 pub const ENV_ADMIN_LISTEN: &str = "NRL_ADMIN_LISTEN";
+pub const ENV_FHIR_LISTEN: &str = "NRL_FHIR_LISTEN";
 pub const ENV_JWT_HS256_SECRET_FILE: &str = "NRL_JWT_HS256_SECRET_FILE";
 pub const ENV_JWT_PUBLIC_KEY_FILE: &str = "NRL_JWT_PUBLIC_KEY_FILE";
 pub const ENV_JWT_ISSUER: &str = "NRL_JWT_ISSUER";
@@ -191,6 +193,9 @@ pub struct ServeArgs {
     /// data, so a non-loopback address needs no authentication.
     #[arg(long, env = ENV_ADMIN_LISTEN, default_value = crate::admin::DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: String,
+    /// FHIR R4 API listener; `off` for none. Same credentials, TLS and loopback rule as gRPC.
+    #[arg(long, env = ENV_FHIR_LISTEN, default_value = crate::api::fhir::DEFAULT_FHIR_LISTEN)]
+    pub fhir_listen: String,
     /// Which settings came from a flag and which from the environment (`Origins::of`), so that
     /// problems name what the user typed.
     #[arg(skip)]
@@ -318,6 +323,8 @@ pub struct ServerConfig {
     /// Connections, in-flight calls, timeouts and header sizes of the gRPC listener.
     pub limits: LimitsConfig,
     pub admin: AdminConfig,
+    /// The FHIR listener (`listen: None`: off).
+    pub fhir: FhirConfig,
     /// Audit events the memory store keeps.
     pub memory_audit_retention: usize,
 }
@@ -336,6 +343,7 @@ impl ServerConfig {
             max_concurrent_streams: 256,
             limits: LimitsConfig::default(),
             admin: AdminConfig::default(),
+            fhir: FhirConfig::default(),
             memory_audit_retention: crate::store::memory::DEFAULT_AUDIT_RETENTION,
         }
     }
@@ -436,6 +444,7 @@ impl TryFrom<ServeArgs> for ServerConfig {
             })
             .map_err(|e| problems.push(e))
             .unwrap_or_default();
+        let fhir_listen = fhir_listen(&args, listen, auth.as_ref()).map_err(|e| problems.push(e)).unwrap_or_default();
         let node = node_config(&args, regions.as_ref()).map_err(|e| problems.extend(e)).ok();
         match (listen, store, regions, pointer_types, auth, node) {
             (Some(listen), Some(store), Some(regions), Some(pointer_types), Some(auth), Some(node))
@@ -459,11 +468,36 @@ impl TryFrom<ServeArgs> for ServerConfig {
                         ),
                         ..AdminConfig::default()
                     },
+                    fhir: FhirConfig { listen: fhir_listen, ..FhirConfig::default() },
                     memory_audit_retention,
                 })
             }
             _ => Err(ConfigError(problems)),
         }
+    }
+}
+
+/// The FHIR listener's address: none for `off`; on loopback only while authentication is off;
+/// never the gRPC address.
+fn fhir_listen(
+    args: &ServeArgs,
+    grpc: Option<SocketAddr>,
+    auth: Option<&AuthConfig>,
+) -> Result<Option<SocketAddr>, String> {
+    let name = args.name("fhir_listen");
+    let listen =
+        AdminConfig::parse_listen(&args.fhir_listen).map_err(|e| format!("{name}={:?}: {e}", args.fhir_listen))?;
+    match listen {
+        Some(fhir) if Some(fhir) == grpc && fhir.port() != 0 => {
+            Err(format!("{name}={fhir}: the same address as {}", args.name("listen")))
+        }
+        Some(fhir)
+            if !fhir.ip().is_loopback()
+                && matches!(auth, Some(a) if matches!(a.authenticator, Authenticator::Disabled)) =>
+        {
+            Err(format!("{name}={fhir}: authentication is off, so the FHIR API listens on loopback only"))
+        }
+        listen => Ok(listen),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::admin::AdminServer;
 use crate::api;
+use crate::api::fhir::{FhirApi, FhirLimits};
 use crate::api::grpc::budget::CallBudgetLayer;
 use crate::api::grpc::peer_client::GrpcRegionalFeed;
 use crate::clock::SystemClock;
@@ -51,6 +52,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot listen on the admin address: {0}")]
     Admin(std::io::Error),
+    #[error("cannot listen on the FHIR address: {0}")]
+    Fhir(std::io::Error),
 }
 
 /// Opens the configured store; `metrics` counts what the memory store drops past its retention.
@@ -128,6 +131,7 @@ pub async fn run(
     } else {
         Vec::new()
     };
+    let (fhir_stop, fhir_task) = start_fhir(&config, &registry, admin.connections()).await?;
     let routes = Routes::new(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
     let routes = api::grpc::add_services(routes, &registry, peers, config.auth.authenticator.clone());
 
@@ -172,6 +176,9 @@ pub async fn run(
     tokio::select! {
         result = &mut serve => {
             health_task.abort();
+            if let Some(task) = &fhir_task {
+                task.abort();
+            }
             for follower in &followers {
                 follower.abort();
             }
@@ -188,6 +195,13 @@ pub async fn run(
     }
     set_all(&reporter, ServingStatus::NotServing).await;
     let _ = drain_tx.send(());
+    let _ = fhir_stop.send(true);
+    let fhir_drained = async {
+        if let Some(task) = fhir_task {
+            let _ = task.await;
+        }
+    };
+    let serve = async { tokio::join!(serve, fhir_drained).0 };
     match tokio::time::timeout(config.shutdown_grace, serve).await {
         Ok(result) => {
             tracing::info!("drained; stopped");
@@ -198,6 +212,39 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// Binds and serves the FHIR listener, unless it is off. It stops taking requests when the
+/// returned sender says so, and finishes those in flight.
+async fn start_fhir(
+    config: &ServerConfig,
+    registry: &Registry,
+    connections: &Arc<crate::limits::connection::Connections>,
+) -> Result<(tokio::sync::watch::Sender<bool>, Option<tokio::task::JoinHandle<()>>), ServeError> {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let Some(address) = config.fhir.listen else { return Ok((stop, None)) };
+    let listener = TcpListener::bind(address).await.map_err(ServeError::Fhir)?;
+    let bound = listener.local_addr().map_err(ServeError::Fhir)?;
+    config.fhir.bound.set(bound);
+    let limits = FhirLimits {
+        max_in_flight: config.limits.max_in_flight,
+        request_timeout: config.request_timeout,
+        store_budget: store_budget(config),
+        max_body_bytes: api::fhir::MAX_BODY_BYTES,
+    };
+    let api = FhirApi::new(registry.clone(), config.auth.authenticator.clone(), limits, config.auth.tls.is_some());
+    tracing::info!(fhir_listen = %bound, "FHIR R4 API serving under /FHIR/R4, /producer/FHIR/R4, /consumer/FHIR/R4");
+    let connection_limits = grpc_connection_limits(config);
+    let connections = connections.clone();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = api::fhir::serve(listener, api, connection_limits, connections, shutdown).await {
+            tracing::error!(error = %e, "FHIR listener failed");
+        }
+    });
+    Ok((stop, Some(task)))
 }
 
 /// The gRPC listener's connection limits, its cap fitted to the process's open-file limit.

@@ -480,7 +480,7 @@ fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> String {
     for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("NRL_")) {
         command.env_remove(key);
     }
-    command.env("NRL_ADMIN_LISTEN", "off").envs(env.iter().copied());
+    command.env("NRL_ADMIN_LISTEN", "off").env("NRL_FHIR_LISTEN", "off").envs(env.iter().copied());
     let exit = testkit::process::Watched::spawn(&command, &log).wait_timeout(std::time::Duration::from_secs(20));
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(exit.and_then(|status| status.code()), Some(64), "{args:?} {env:?}: {output}");

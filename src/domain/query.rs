@@ -78,6 +78,8 @@ pub struct Page {
     pub pointers: Vec<Pointer>,
     /// The last pointer of this page when more follow.
     pub next_after: Option<PointerId>,
+    /// How many pointers match the query in all (every page, not only from `after` on).
+    pub total: u64,
 }
 
 /// Filters, orders newest first (ids are time-ordered UUIDs) and cuts one page.
@@ -86,16 +88,18 @@ pub struct Page {
 /// before the cursor (it is newer) and a removed one simply vanishes, so a walk never repeats a
 /// pointer and never skips one that existed throughout.
 pub fn select_page(pointers: Vec<Pointer>, query: &PointerQuery, page: PageRequest) -> Page {
+    let mut total = 0;
     let mut matching: Vec<Pointer> = pointers
         .into_iter()
         .filter(|p| query.matches(p))
+        .inspect(|_| total += 1)
         .filter(|p| page.after.is_none_or(|after| p.id < after))
         .collect();
     matching.sort_unstable_by_key(|p| std::cmp::Reverse(p.id));
     let more = matching.len() > page.size;
     matching.truncate(page.size);
     let next_after = if more { matching.last().map(|p| p.id) } else { None };
-    Page { pointers: matching, next_after }
+    Page { pointers: matching, next_after, total }
 }
 
 pub fn count(pointers: &[Pointer], query: &PointerQuery) -> u64 {

@@ -43,6 +43,7 @@ pub const MAX_CLOSING: usize = 8;
 pub enum Listener {
     Grpc,
     Admin,
+    Fhir,
 }
 
 impl Listener {
@@ -50,6 +51,7 @@ impl Listener {
         match self {
             Listener::Grpc => "grpc",
             Listener::Admin => "admin",
+            Listener::Fhir => "fhir",
         }
     }
 
@@ -57,6 +59,7 @@ impl Listener {
         match self {
             Listener::Grpc => 0,
             Listener::Admin => 1,
+            Listener::Fhir => 2,
         }
     }
 }
@@ -179,9 +182,9 @@ impl ConnectionState {
 struct Table {
     open: HashMap<ConnectionKey, Arc<ConnectionState>>,
     /// Open connections per listener (by [`Listener::index`]).
-    counts: [usize; 2],
+    counts: [usize; 3],
     /// Each listener's cap: its `max_connections`, lowered if it ran out of file descriptors.
-    caps: [usize; 2],
+    caps: [usize; 3],
 }
 
 /// The open connections of every listener of one server.

@@ -203,10 +203,13 @@ impl Registry {
         &self,
         caller: &Caller,
         stored: Pointer,
-        version: u64,
+        version: Option<u64>,
         draft: PointerDraft,
     ) -> Result<Pointer, RegistryError> {
         policy::check_write(caller, &stored.draft)?;
+        // Without a version (FHIR's PUT without If-Match) the update applies to the version just
+        // read, and still fails rather than overwrite a change made in between.
+        let version = version.unwrap_or(stored.version);
         rules::check_updatable(&stored, version, &draft)?;
         let id = stored.id;
         let updated = Pointer { draft, version: version + 1, updated_at: self.clock.now(), ..stored };
@@ -413,7 +416,7 @@ impl Registry {
         &self,
         caller: &Caller,
         id: PointerId,
-        version: u64,
+        version: Option<u64>,
         draft: PointerDraft,
     ) -> Result<Pointer, RegistryError> {
         if let Err(refusal) = policy::check_write(caller, &draft) {

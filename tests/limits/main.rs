@@ -210,7 +210,15 @@ impl Child {
         }
         command
             .env("RUST_LOG", "info")
-            .args(["serve", "--listen", &grpc.to_string(), "--admin-listen", &admin.to_string()])
+            .args([
+                "serve",
+                "--listen",
+                &grpc.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+                "--fhir-listen",
+                "off",
+            ])
             .args(args);
         let process = Watched::spawn(&command, &log);
         let server = Child { process, grpc, admin, log, _dir: dir };

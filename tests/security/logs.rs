@@ -31,7 +31,7 @@ async fn nhs_numbers_never_reach_the_logs() {
     let log = dir.join("nrl.log");
     let mut child = Watched::spawn(
         nrl_command()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off"])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off", "--fhir-listen", "off"])
             .env("RUST_LOG", "debug"),
         &log,
     );
@@ -378,7 +378,7 @@ async fn nhs_numbers_smuggled_into_ids_end_users_and_tokens_reach_no_log_line_an
     let secret = secret.to_string_lossy().into_owned();
     let mut child = Watched::spawn(
         nrl_command()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off"])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off", "--fhir-listen", "off"])
             .args(["--jwt-hs256-secret-file", &secret, "--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE])
             .env("RUST_LOG", "debug")
             .env("NRL_LOG_FORMAT", "json"),

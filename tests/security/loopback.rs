@@ -18,11 +18,14 @@ fn serve_config(args: &[&str]) -> Result<ServerConfig, String> {
 #[test]
 fn without_authentication_the_server_listens_on_loopback_only() {
     for remote in ["0.0.0.0:50051", "[::]:50051", "192.0.2.10:50051", "10.1.2.3:0"] {
-        let err = serve_config(&["--listen", remote, "--admin-listen", "off"]).map(|_| ()).expect_err(remote);
+        let err = serve_config(&["--listen", remote, "--admin-listen", "off", "--fhir-listen", "off"])
+            .map(|_| ())
+            .expect_err(remote);
         assert!(err.contains("loopback"), "{remote}: {err}");
     }
     for local in ["127.0.0.1:50051", "[::1]:50051", "127.0.0.2:0"] {
-        serve_config(&["--listen", local, "--admin-listen", "off"]).unwrap_or_else(|e| panic!("{local}: {e}"));
+        serve_config(&["--listen", local, "--admin-listen", "off", "--fhir-listen", "off"])
+            .unwrap_or_else(|e| panic!("{local}: {e}"));
     }
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("security-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -39,8 +42,10 @@ fn without_authentication_the_server_listens_on_loopback_only() {
     // binary that wrongly serves on 0.0.0.0 does not outlive the test.
     let dir = TempDir::new("nrl-security-loopback");
     let log = dir.join("nrl.log");
-    let mut child =
-        Watched::spawn(nrl_command().args(["serve", "--listen", "0.0.0.0:0", "--admin-listen", "off"]), &log);
+    let mut child = Watched::spawn(
+        nrl_command().args(["serve", "--listen", "0.0.0.0:0", "--admin-listen", "off", "--fhir-listen", "off"]),
+        &log,
+    );
     let status =
         child.wait_timeout(Duration::from_secs(20)).expect("nrl serve on 0.0.0.0 without auth must exit, not serve");
     let stderr = read_log(&log);

@@ -32,6 +32,8 @@ use tonic::transport::{Channel, Endpoint};
 pub struct TestServer {
     pub addr: SocketAddr,
     pub channel: Channel,
+    /// The FHIR listener, when the config turned it on ([`TestServer::start_with_fhir`]).
+    pub fhir: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), nrl_registry::server::ServeError>>>,
 }
@@ -43,7 +45,16 @@ impl TestServer {
         Self::start_with(config).await
     }
 
+    /// A server on `store` with the FHIR listener on too (127.0.0.1:0).
+    pub async fn start_with_fhir(store: StoreConfig) -> Self {
+        let mut config = ServerConfig::for_tests();
+        config.store = store;
+        config.fhir.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        Self::start_with(config).await
+    }
+
     pub async fn start_with(config: ServerConfig) -> Self {
+        let fhir_bound = config.fhir.listen.map(|_| config.fhir.bound.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -56,7 +67,24 @@ impl TestServer {
             .connect()
             .await
             .expect("connect to test server");
-        Self { addr, channel, stop: Some(stop), task: Some(task) }
+        let fhir = match fhir_bound {
+            Some(bound) => Some(
+                tokio::time::timeout(Duration::from_secs(10), bound.wait()).await.expect("the FHIR listener binds"),
+            ),
+            None => None,
+        };
+        Self { addr, channel, fhir, stop: Some(stop), task: Some(task) }
+    }
+
+    /// `http://127.0.0.1:PORT/FHIR/R4`: the FHIR base url (panics if the FHIR listener is off).
+    pub fn fhir_base(&self) -> String {
+        self.fhir_base_at("/FHIR/R4")
+    }
+
+    /// The FHIR base url under one of the served base paths (`/producer/FHIR/R4`, ...).
+    pub fn fhir_base_at(&self, path: &str) -> String {
+        let fhir = self.fhir.expect("the FHIR listener is on: start the server with start_with_fhir");
+        format!("http://{fhir}{path}")
     }
 
     pub fn registry(&self) -> PointerRegistryClient<Channel> {

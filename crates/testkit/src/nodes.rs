@@ -138,7 +138,15 @@ impl NrlNode {
         command
             .env("RUST_LOG", &self.rust_log)
             // No admin listener: its default port (9090) is shared by every process on the host.
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--admin-listen", "off"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--admin-listen",
+                "off",
+                "--fhir-listen",
+                "off",
+            ])
             .args(&self.args);
         let process = Watched::spawn(&command, &self.log);
         let _ = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).and_then(|mut f| {

@@ -70,7 +70,7 @@ impl PointerRegistry for PointerRegistryService {
             _ => Ok((id, conv::draft(req.pointer.as_ref(), "pointer", self.registry.reference())?)),
         });
         let (id, draft) = recorded(&self.registry, &caller, "UpdatePointer", parsed).await?;
-        let pointer = self.registry.update(&caller, id, req.version, draft).await?;
+        let pointer = self.registry.update(&caller, id, Some(req.version), draft).await?;
         Ok(Response::new(pb::UpdatePointerResponse { pointer: Some((&pointer).into()) }))
     }
 

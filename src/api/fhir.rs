@@ -1,0 +1,344 @@
+//! The FHIR R4 edge: NRL "Futures"-compatible `DocumentReference` over HTTP, beside gRPC and over
+//! the same `Registry` (same rules, authorisation, audit and stores).
+//!
+//! Served under `/FHIR/R4/` and NRLF's own prefixes `/producer/FHIR/R4/` and `/consumer/FHIR/R4/`,
+//! so an NRLF client changes only its base URL. Each request passes, outermost first:
+//! - request ids: `X-Request-ID` (else `X-Correlation-ID`) echoed when log-safe, else a new one;
+//! - admission: the in-flight cap (429 + `Retry-After`), the request deadline (504) and the call's
+//!   store budget, content negotiation (406, 415) and the body limit (413);
+//! - authentication (not for `metadata` and `_status`): the same credentials as gRPC, through the
+//!   same `auth::Authenticator`.
+//!
+//! Modules: [`handlers`] (one per interaction), [`document_reference`] (the resource ↔ pointer
+//! mapping), [`search`] (parameters and Bundles), [`audit_event`] (the access log),
+//! [`capability`] (`/metadata`), [`outcome`] (the one error → HTTP + OperationOutcome map),
+//! [`codes`] (systems and urls).
+
+pub mod audit_event;
+mod capability;
+pub mod codes;
+pub mod document_reference;
+mod handlers;
+pub mod outcome;
+pub mod search;
+
+use crate::auth::{Authenticator, Credentials, END_USER_HEADER, PURPOSE_HEADER};
+use crate::limits::accept::{Acceptor, Refusal};
+use crate::limits::connection::{CallBody, ConnectionKey, Connections, Listener};
+use crate::limits::ConnectionLimits;
+use crate::registry::Registry;
+use crate::store::budget;
+use crate::telemetry::{self, CORRELATION_ID_HEADER, REQUEST_ID_HEADER};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use outcome::{FhirError, SpineCode};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+/// The base paths served: FHIR's own, and NRLF's producer and consumer bases.
+pub const BASE_PATHS: [&str; 3] = ["/FHIR/R4", "/producer/FHIR/R4", "/consumer/FHIR/R4"];
+/// The largest request body taken (a DocumentReference with the most content is a few KB).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_FHIR_LISTEN: &str = "127.0.0.1:8080";
+
+/// Where the FHIR listener goes (`listen: None`: off), and the address it bound.
+#[derive(Clone, Debug, Default)]
+pub struct FhirConfig {
+    pub listen: Option<std::net::SocketAddr>,
+    /// Reports the address actually bound, for listening on port 0 (tests).
+    pub bound: crate::admin::BoundAddress,
+}
+
+/// What the FHIR edge holds: the registry and how to authenticate, and its limits.
+#[derive(Clone)]
+pub struct FhirApi {
+    registry: Registry,
+    authenticator: Authenticator,
+    /// Published as the CapabilityStatement's date.
+    started: DateTime<Utc>,
+    limits: FhirLimits,
+    in_flight: Arc<Semaphore>,
+    /// `https` when the listener speaks TLS.
+    scheme: &'static str,
+}
+
+/// The per-request limits of the FHIR listener.
+#[derive(Clone, Copy, Debug)]
+pub struct FhirLimits {
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
+    /// What one request may spend on the store (the Redis timeout, or the request timeout).
+    pub store_budget: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl FhirApi {
+    pub fn new(registry: Registry, authenticator: Authenticator, limits: FhirLimits, tls: bool) -> Self {
+        Self {
+            registry,
+            authenticator,
+            started: Utc::now(),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            limits,
+            scheme: if tls { "https" } else { "http" },
+        }
+    }
+}
+
+/// The request's FHIR base url (`http://host:port/producer/FHIR/R4`), for links and `Location`.
+#[derive(Clone, Debug)]
+pub struct Base {
+    pub url: String,
+}
+
+/// Every route, for every base path.
+pub fn router(api: FhirApi) -> Router {
+    let mut open = Router::new();
+    let mut authenticated = Router::new();
+    for base in BASE_PATHS {
+        authenticated = authenticated
+            .route(
+                &format!("{base}/DocumentReference"),
+                get(handlers::search_get).post(handlers::create).put(handlers::create_with_client_id),
+            )
+            .route(&format!("{base}/DocumentReference/_search"), post(handlers::search_post))
+            .route(&format!("{base}/DocumentReference/_count"), get(handlers::count))
+            .route(
+                &format!("{base}/DocumentReference/{{id}}"),
+                get(handlers::read).put(handlers::update).delete(handlers::delete),
+            )
+            .route(&format!("{base}/AuditEvent"), get(handlers::audit_events));
+        open = open
+            .route(&format!("{base}/metadata"), get(handlers::metadata))
+            .route(&format!("{base}/_status"), get(handlers::status));
+    }
+    let authenticated = authenticated.route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
+    open.merge(authenticated)
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(api.clone(), admit))
+        .layer(middleware::from_fn(request_ids))
+        .with_state(api)
+}
+
+/// Serves the FHIR API on `listener` until `shutdown` resolves, with the listener's connection
+/// limits (`Listener::Fhir` in the shared connection table).
+pub async fn serve(
+    listener: TcpListener,
+    api: FhirApi,
+    limits: ConnectionLimits,
+    connections: Arc<Connections>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = Acceptor::new(listener, Listener::Fhir, limits, connections.clone()).refusing_with(Refusal::Http1);
+    let app = router(api)
+        .layer(middleware::from_fn_with_state(connections, track_call))
+        .into_make_service_with_connect_info::<ConnectionKey>();
+    axum::serve(acceptor, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Marks the request's connection busy until its response is sent, so the idle deadline does not
+/// cut it off mid-answer.
+async fn track_call(
+    State(connections): State<Arc<Connections>>,
+    ConnectInfo(key): ConnectInfo<ConnectionKey>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let call = connections.call_started(key);
+    next.run(request).await.map(|body| Body::new(CallBody::new(body, call)))
+}
+
+/// The request id, echoed with the caller's correlation id (each only when log-safe), and a span
+/// for the request. The path is logged only when it cannot hold an NHS number; the query never.
+async fn request_ids(request: Request, next: Next) -> Response {
+    let id = telemetry::request_id(request.headers());
+    let correlation = request
+        .headers()
+        .get(CORRELATION_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| telemetry::is_log_safe(v))
+        .map(str::to_string);
+    let path = request.uri().path();
+    let path = if telemetry::has_digit_run(path) || path.len() > 200 { telemetry::REDACTED } else { path };
+    let span = tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path, caller_org = tracing::field::Empty);
+    let mut response = next.run(request).instrument(span).await;
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID_HEADER, value);
+    }
+    if let Some(value) = correlation.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        headers.insert(CORRELATION_ID_HEADER, value);
+    }
+    response
+}
+
+fn media_type(value: &HeaderValue) -> String {
+    value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+fn accepts_json(request: &Request) -> bool {
+    let Some(accept) = request.headers().get(header::ACCEPT) else { return true };
+    let Ok(accept) = accept.to_str() else { return false };
+    accept.split(',').any(|item| {
+        let kind = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        matches!(
+            kind.as_str(),
+            "" | "*/*" | "application/*" | codes::FHIR_JSON | "application/json" | "application/json+fhir"
+        )
+    })
+}
+
+/// The in-flight cap, the deadline and store budget, content negotiation and the body limit; and
+/// the request's [`Base`].
+async fn admit(State(api): State<FhirApi>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = api.in_flight.clone().try_acquire_owned() else {
+        return FhirError {
+            retry_after: Some(1),
+            ..FhirError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                SpineCode::TooManyRequests,
+                "server busy: too many requests in flight; retry in a second",
+            )
+        }
+        .into_response();
+    };
+    if !accepts_json(&request) {
+        return FhirError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-supported",
+            SpineCode::NotAcceptable,
+            "only application/fhir+json (or application/json) is served",
+        )
+        .at("Accept")
+        .into_response();
+    }
+    let (mut parts, body) = request.into_parts();
+    let limit = api.limits.max_body_bytes;
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(limit);
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else { return too_large(limit) };
+    if matches!(parts.method, Method::POST | Method::PUT) && !bytes.is_empty() {
+        let kind = parts.headers.get(header::CONTENT_TYPE).map(media_type).unwrap_or_default();
+        let form = parts.uri.path().ends_with("/_search") && kind == "application/x-www-form-urlencoded";
+        if !(form || kind == codes::FHIR_JSON || kind == "application/json") {
+            return FhirError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                SpineCode::UnsupportedMediaType,
+                "send Content-Type: application/fhir+json",
+            )
+            .at("Content-Type")
+            .into_response();
+        }
+    }
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or("localhost")
+        .to_string();
+    let path = parts.uri.path();
+    let prefix = BASE_PATHS.iter().filter(|b| path.starts_with(**b)).max_by_key(|b| b.len()).unwrap_or(&BASE_PATHS[0]);
+    parts.extensions.insert(Base { url: format!("{}://{host}{prefix}", api.scheme) });
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let timeout = api.limits.request_timeout;
+    let call = budget::within(api.limits.store_budget.min(timeout), next.run(request));
+    match tokio::time::timeout(timeout, call).await {
+        Ok(response) => response,
+        Err(_) => FhirError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            SpineCode::Timeout,
+            format!("deadline exceeded: the request took more than {} ms", timeout.as_millis()),
+        )
+        .into_response(),
+    }
+}
+
+fn too_large(limit: usize) -> Response {
+    FhirError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too-costly",
+        SpineCode::PayloadTooLarge,
+        format!("the body is over the limit of {limit} bytes"),
+    )
+    .into_response()
+}
+
+/// The client certificate chain of an mTLS connection, as the TLS listener leaves it.
+#[derive(Clone, Debug)]
+pub struct PeerCertificates(pub Arc<Vec<Vec<u8>>>);
+
+/// Establishes the caller, exactly as the gRPC interceptor does, and leaves it for the handler.
+async fn authenticate(State(api): State<FhirApi>, mut request: Request, next: Next) -> Response {
+    let certificates = request.extensions().get::<PeerCertificates>().cloned();
+    let headers = request.headers();
+    let header = |name: &str| headers.get(name).map(HeaderValue::as_bytes);
+    let credentials = Credentials {
+        authorization: header("authorization"),
+        purpose: header(PURPOSE_HEADER),
+        end_user: header(END_USER_HEADER),
+        peer_certificates: certificates.as_ref().map(|c| c.0.as_slice()),
+    };
+    match api.authenticator.authenticate(credentials) {
+        Ok(caller) => {
+            tracing::Span::current().record("caller_org", telemetry::log_safe(caller.organisation.as_str()));
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(error) => {
+            let unauthenticated = matches!(error, crate::error::RegistryError::Unauthenticated(_));
+            let mut error = FhirError::from(error);
+            if !unauthenticated {
+                // A malformed x-purpose-of-use or x-end-user: a header, not a resource element.
+                error.spine = SpineCode::MissingOrInvalidHeader;
+            }
+            let mut response = error.into_response();
+            if unauthenticated {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response
+        }
+    }
+}
+
+async fn unknown_path() -> Response {
+    FhirError::new(
+        StatusCode::NOT_FOUND,
+        "not-supported",
+        SpineCode::NoRecordFound,
+        format!(
+            "no such endpoint: this server serves DocumentReference and AuditEvent under {}",
+            BASE_PATHS.join(", ")
+        ),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    FhirError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "not-supported",
+        SpineCode::MethodNotAllowed,
+        "this endpoint does not take that method (see /metadata)",
+    )
+    .into_response()
+}

@@ -215,14 +215,17 @@ pub fn bundle(page: &Page, base: &str, parameters: &Parameters, next_token: Opti
         .pointers
         .iter()
         .map(|p| {
-            json!({
-                "fullUrl": format!("{base}/DocumentReference/{}", p.id),
-                "resource": resource(p),
-                "search": {"mode": "match"},
-            })
+            let mut entry =
+                json!({"fullUrl": format!("{base}/DocumentReference/{}", p.id), "search": {"mode": "match"}});
+            // Moved in, not through json!: json! serialises a Value it is given into a deep copy.
+            entry["resource"] = resource(p);
+            entry
         })
         .collect();
-    json!({"resourceType": "Bundle", "type": "searchset", "total": page.total, "link": links, "entry": entries})
+    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total});
+    bundle["link"] = Value::Array(links);
+    bundle["entry"] = Value::Array(entries);
+    bundle
 }
 
 /// The Bundle answering `_summary=count` and `_count`: the total, no entries.

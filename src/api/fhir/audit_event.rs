@@ -141,7 +141,12 @@ pub fn bundle(page: &EventPage, base: &str, parameters: &Parameters) -> Value {
     }
     let entries: Vec<Value> =
         page.events.iter().map(|e| json!({"resource": resource(e), "search": {"mode": "match"}})).collect();
-    json!({"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries})
+    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "link": links});
+    // FHIR JSON has no empty arrays: an empty log page leaves `entry` out.
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    bundle
 }
 
 fn query_string(parameters: &Parameters, token: Option<&str>) -> String {

@@ -247,8 +247,9 @@ fn parameters(
     let mut parameters = Parameters::default();
     parameters.add_form(query.unwrap_or("").as_bytes(), allowed)?;
     if let Some((headers, body)) = body.filter(|(_, b)| !b.iter().all(u8::is_ascii_whitespace)) {
-        let kind = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if kind.starts_with("application/x-www-form-urlencoded") {
+        // Media types are case-insensitive: admission let this body in on the lowercased type.
+        let kind = headers.get(header::CONTENT_TYPE).map(super::media_type).unwrap_or_default();
+        if kind == "application/x-www-form-urlencoded" {
             parameters.add_form(body, allowed)?;
         } else {
             parameters.add_json(body, allowed)?;

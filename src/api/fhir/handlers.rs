@@ -4,10 +4,11 @@
 use super::audit_event;
 use super::capability;
 use super::document_reference::{self, etag, instant, ReadContext, Submission};
-use super::outcome::{fhir_json, success, FhirError, SpineCode};
+use super::outcome::{expression_of, fhir_json, success, FhirError, SpineCode};
 use super::search::{self, Parameters};
 use super::{Base, FhirApi};
 use crate::auth::{Caller, Scope};
+use crate::domain::rules::IMMUTABLE_ON_UPDATE;
 use crate::domain::{Pointer, PointerId, RegionCode};
 use crate::error::RegistryError;
 use axum::body::Bytes;
@@ -106,6 +107,18 @@ fn stale_is_412(error: RegistryError, conditional: bool) -> FhirError {
             FhirError::new(StatusCode::PRECONDITION_FAILED, "conflict", SpineCode::PreconditionFailed, message)
         }
         other => other.into(),
+    }
+}
+
+/// An update's refusal. Changing an element fixed at registration refuses the change, not the value
+/// (which may be a valid NHS number, ODS code or type), so it is INVALID_RESOURCE naming the
+/// element, never e.g. INVALID_NHS_NUMBER.
+fn update_refused(error: RegistryError, conditional: bool) -> FhirError {
+    match error {
+        RegistryError::InvalidArgument { field, reason } if IMMUTABLE_ON_UPDATE.contains(&field.as_str()) => {
+            FhirError::invalid(SpineCode::InvalidResource, expression_of(&field), reason)
+        }
+        other => stale_is_412(other, conditional),
     }
 }
 
@@ -217,7 +230,7 @@ pub async fn update(
         .registry
         .update(&caller, id, version, submission.draft)
         .await
-        .map_err(|e| stale_is_412(e, version.is_some()))?;
+        .map_err(|e| update_refused(e, version.is_some()))?;
     let outcome = success("RESOURCE_UPDATED", "Resource updated", format!("DocumentReference/{}", updated.id));
     Ok(written(StatusCode::OK, &updated, &base, &headers, outcome))
 }

@@ -4,7 +4,6 @@
 //! variable. Then `nrl` exits 64.
 
 use crate::admin::AdminConfig;
-use crate::api::fhir::FhirConfig;
 use crate::auth::jwt::{JwtVerifier, VerifyingKey};
 use crate::auth::mtls::ClientDirectory;
 use crate::auth::Authenticator;
@@ -23,7 +22,10 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+mod fhir_listen;
 mod limits_flags;
+
+pub use fhir_listen::FhirConfig;
 
 pub const ENV_LISTEN: &str = "NRL_LISTEN";
 pub const ENV_STORE: &str = "NRL_STORE";
@@ -444,7 +446,8 @@ impl TryFrom<ServeArgs> for ServerConfig {
             })
             .map_err(|e| problems.push(e))
             .unwrap_or_default();
-        let fhir_listen = fhir_listen(&args, listen, auth.as_ref()).map_err(|e| problems.push(e)).unwrap_or_default();
+        let fhir_listen =
+            fhir_listen::address(&args, listen, auth.as_ref()).map_err(|e| problems.push(e)).unwrap_or_default();
         let node = node_config(&args, regions.as_ref()).map_err(|e| problems.extend(e)).ok();
         match (listen, store, regions, pointer_types, auth, node) {
             (Some(listen), Some(store), Some(regions), Some(pointer_types), Some(auth), Some(node))
@@ -474,30 +477,6 @@ impl TryFrom<ServeArgs> for ServerConfig {
             }
             _ => Err(ConfigError(problems)),
         }
-    }
-}
-
-/// The FHIR listener's address: none for `off`; on loopback only while authentication is off;
-/// never the gRPC address.
-fn fhir_listen(
-    args: &ServeArgs,
-    grpc: Option<SocketAddr>,
-    auth: Option<&AuthConfig>,
-) -> Result<Option<SocketAddr>, String> {
-    let name = args.name("fhir_listen");
-    let listen =
-        AdminConfig::parse_listen(&args.fhir_listen).map_err(|e| format!("{name}={:?}: {e}", args.fhir_listen))?;
-    match listen {
-        Some(fhir) if Some(fhir) == grpc && fhir.port() != 0 => {
-            Err(format!("{name}={fhir}: the same address as {}", args.name("listen")))
-        }
-        Some(fhir)
-            if !fhir.ip().is_loopback()
-                && matches!(auth, Some(a) if matches!(a.authenticator, Authenticator::Disabled)) =>
-        {
-            Err(format!("{name}={fhir}: authentication is off, so the FHIR API listens on loopback only"))
-        }
-        listen => Ok(listen),
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::admin::AdminServer;
 use crate::api;
 use crate::api::fhir::{FhirApi, FhirLimits};
+use crate::api::grpc::admission::AdmissionLayer;
 use crate::api::grpc::budget::CallBudgetLayer;
 use crate::api::grpc::peer_client::GrpcRegionalFeed;
 use crate::clock::SystemClock;
@@ -11,7 +12,6 @@ use crate::config::{ServerConfig, StoreConfig};
 use crate::federation::follower;
 use crate::federation::peers::Peers;
 use crate::limits::accept::{self, Acceptor};
-use crate::limits::admission::AdmissionLayer;
 use crate::limits::connection::Listener;
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;

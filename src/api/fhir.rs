@@ -51,14 +51,6 @@ pub const BASE_PATHS: [&str; 3] = ["/FHIR/R4", "/producer/FHIR/R4", "/consumer/F
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_FHIR_LISTEN: &str = "127.0.0.1:8080";
 
-/// Where the FHIR listener goes (`listen: None`: off), and the address it bound.
-#[derive(Clone, Debug, Default)]
-pub struct FhirConfig {
-    pub listen: Option<std::net::SocketAddr>,
-    /// Reports the address actually bound, for listening on port 0 (tests).
-    pub bound: crate::admin::BoundAddress,
-}
-
 /// What the FHIR edge holds: the registry and how to authenticate, and its limits.
 #[derive(Clone)]
 pub struct FhirApi {

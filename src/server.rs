@@ -127,7 +127,7 @@ pub async fn run(
     let followers = if config.node.national_index {
         tracing::info!(regional_nodes = peers.regions().count(), "national node: following regional change feeds");
         let feed = GrpcRegionalFeed::new(peers.clone(), config.node.peer_token.clone(), reference.clone());
-        follower::spawn(&peers, stores.index.clone(), Arc::new(feed))
+        follower::spawn(&peers, stores.index.clone(), Arc::new(feed), admin.metrics().clone())
     } else {
         Vec::new()
     };

@@ -19,7 +19,6 @@ use testkit::fixtures::*;
 use testkit::nodes::nrl_command;
 use testkit::process::{TempDir, Watched};
 use testkit::TestServer;
-use tonic::transport::ServerTlsConfig;
 use tonic::{Code, Response, Status};
 
 mod authorisation;

@@ -153,8 +153,8 @@ pub async fn run(
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .http2_max_header_list_size(limits.max_header_list_bytes);
-    if let Some(tls) = config.auth.tls.clone() {
-        builder = builder.tls_config(tls.timeout(limits.connections.handshake_timeout))?;
+    if let Some(tls) = &config.auth.tls {
+        builder = builder.tls_config(tls.grpc().timeout(limits.connections.handshake_timeout))?;
     }
     // No `Server::timeout`: the admission layer keeps the request timeout and answers
     // DEADLINE_EXCEEDED (tonic's answers CANCELLED).
@@ -233,16 +233,20 @@ async fn start_fhir(
         max_body_bytes: api::fhir::MAX_BODY_BYTES,
     };
     let api = FhirApi::new(registry.clone(), config.auth.authenticator.clone(), limits, config.auth.tls.is_some());
-    tracing::info!(fhir_listen = %bound, "FHIR R4 API serving under /FHIR/R4, /producer/FHIR/R4, /consumer/FHIR/R4");
+    // The same certificates, and the same client-certificate rule, as the gRPC listener.
+    let tls = config.auth.tls.as_ref().map(|tls| tls.http());
+    tracing::info!(
+        fhir_listen = %bound,
+        tls = tls.is_some(),
+        "FHIR R4 API serving under /FHIR/R4, /producer/FHIR/R4, /consumer/FHIR/R4"
+    );
     let connection_limits = grpc_connection_limits(config);
     let connections = connections.clone();
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        if let Err(e) = api::fhir::serve(listener, api, connection_limits, connections, shutdown).await {
-            tracing::error!(error = %e, "FHIR listener failed");
-        }
+        api::fhir::serve(listener, api, tls, connection_limits, connections, shutdown).await;
     });
     Ok((stop, Some(task)))
 }

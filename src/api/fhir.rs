@@ -9,28 +9,31 @@
 //! - authentication (not for `metadata` and `_status`): the same credentials as gRPC, through the
 //!   same `auth::Authenticator`.
 //!
-//! Modules: [`handlers`] (one per interaction), [`document_reference`] (the resource ↔ pointer
-//! mapping), [`search`] (parameters and Bundles), [`audit_event`] (the access log),
-//! [`capability`] (`/metadata`), [`outcome`] (the one error → HTTP + OperationOutcome map),
-//! [`codes`] (systems and urls).
+//! The listener ([`listener`]) speaks TLS when the gRPC listener does, from the same certificates,
+//! and an mTLS client certificate identifies its caller as on gRPC.
+//!
+//! Modules: [`listener`] (connections, TLS), [`handlers`] (one per interaction),
+//! [`document_reference`] (the resource ↔ pointer mapping), [`search`] (parameters and Bundles),
+//! [`audit_event`] (the access log), [`capability`] (`/metadata`), [`outcome`] (the one error →
+//! HTTP + OperationOutcome map), [`codes`] (systems and urls).
 
 pub mod audit_event;
 mod capability;
 pub mod codes;
 pub mod document_reference;
 mod handlers;
+mod listener;
 pub mod outcome;
 pub mod search;
 
+pub use listener::serve;
+
 use crate::auth::{Authenticator, Credentials, END_USER_HEADER, PURPOSE_HEADER};
-use crate::limits::accept::{Acceptor, Refusal};
-use crate::limits::connection::{CallBody, ConnectionKey, Connections, Listener};
-use crate::limits::ConnectionLimits;
 use crate::registry::Registry;
 use crate::store::budget;
 use crate::telemetry::{self, CORRELATION_ID_HEADER, REQUEST_ID_HEADER};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -38,10 +41,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use outcome::{FhirError, SpineCode};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -50,14 +51,6 @@ pub const BASE_PATHS: [&str; 3] = ["/FHIR/R4", "/producer/FHIR/R4", "/consumer/F
 /// The largest request body taken (a DocumentReference with the most content is a few KB).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_FHIR_LISTEN: &str = "127.0.0.1:8080";
-
-/// Where the FHIR listener goes (`listen: None`: off), and the address it bound.
-#[derive(Clone, Debug, Default)]
-pub struct FhirConfig {
-    pub listen: Option<std::net::SocketAddr>,
-    /// Reports the address actually bound, for listening on port 0 (tests).
-    pub bound: crate::admin::BoundAddress,
-}
 
 /// What the FHIR edge holds: the registry and how to authenticate, and its limits.
 #[derive(Clone)]
@@ -129,34 +122,6 @@ pub fn router(api: FhirApi) -> Router {
         .layer(middleware::from_fn_with_state(api.clone(), admit))
         .layer(middleware::from_fn(request_ids))
         .with_state(api)
-}
-
-/// Serves the FHIR API on `listener` until `shutdown` resolves, with the listener's connection
-/// limits (`Listener::Fhir` in the shared connection table).
-pub async fn serve(
-    listener: TcpListener,
-    api: FhirApi,
-    limits: ConnectionLimits,
-    connections: Arc<Connections>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let acceptor = Acceptor::new(listener, Listener::Fhir, limits, connections.clone()).refusing_with(Refusal::Http1);
-    let app = router(api)
-        .layer(middleware::from_fn_with_state(connections, track_call))
-        .into_make_service_with_connect_info::<ConnectionKey>();
-    axum::serve(acceptor, app).with_graceful_shutdown(shutdown).await
-}
-
-/// Marks the request's connection busy until its response is sent, so the idle deadline does not
-/// cut it off mid-answer.
-async fn track_call(
-    State(connections): State<Arc<Connections>>,
-    ConnectInfo(key): ConnectInfo<ConnectionKey>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let call = connections.call_started(key);
-    next.run(request).await.map(|body| Body::new(CallBody::new(body, call)))
 }
 
 /// The request id, echoed with the caller's correlation id (each only when log-safe), and a span
@@ -283,7 +248,8 @@ fn too_large(limit: usize) -> Response {
     .into_response()
 }
 
-/// The client certificate chain of an mTLS connection, as the TLS listener leaves it.
+/// The client certificate chain of an mTLS connection (leaf first), as the TLS listener leaves it
+/// on each request: only a chain the handshake verified against the client CA.
 #[derive(Clone, Debug)]
 pub struct PeerCertificates(pub Arc<Vec<Vec<u8>>>);
 

@@ -50,6 +50,7 @@ mod authentication;
 mod convergence;
 mod feed;
 mod locate;
+mod metrics;
 mod search;
 mod slow_regions;
 

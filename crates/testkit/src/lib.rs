@@ -17,6 +17,8 @@ pub mod redis;
 pub mod writer;
 
 pub use backend::Backend;
+/// The HTTP client of the FHIR tests, as the harness builds it (see [`auth::https_client`]).
+pub use reqwest;
 
 use nrl_registry::config::{ServerConfig, StoreConfig};
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;

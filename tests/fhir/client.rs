@@ -149,12 +149,12 @@ pub fn check_fhir_json(value: &Value, path: &str) -> Result<(), String> {
     }
 }
 
-/// Every FHIR answer body: FHIR JSON's own rules. (The maintained R4 model, `testkit::fhir` from
-/// the fhir-model branch, is called here too once that branch is merged.)
+/// Every FHIR answer body: FHIR JSON's own rules, then the maintained R4 model (`testkit::fhir`:
+/// types, forms, cardinalities, unknown elements and required bindings).
 pub fn conformant(body: &Value) -> Result<(), String> {
     let kind = body["resourceType"].as_str().ok_or("no resourceType")?;
     check_fhir_json(body, kind)?;
-    Ok(())
+    testkit::fhir::resource(body)
 }
 
 /// A FHIR base (`http://127.0.0.1:PORT/FHIR/R4`) and an HTTP client.

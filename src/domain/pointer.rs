@@ -113,6 +113,24 @@ impl ContentUrl {
     }
 }
 
+/// A Spine Accredited System ID: exactly 12 ASCII digits. NRLF names with one the system that serves
+/// `ssp://` content (`context.related`, identifier system `https://fhir.nhs.uk/Id/nhsSpineASID`).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Asid(String);
+
+impl Asid {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        if input.len() != 12 || !input.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("must be 12 digits (a Spine ASID)".into());
+        }
+        Ok(Self(input.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct Content {
     pub url: ContentUrl,
@@ -141,6 +159,8 @@ pub struct PointerDraft {
     pub practice_setting: Option<Coding>,
     pub document_date: Option<DateTime<Utc>>,
     pub producer_reference: Option<ProducerReference>,
+    /// The ASID of the system that serves the content through the Spine Secure Proxy.
+    pub related_asid: Option<Asid>,
 }
 
 /// A registered pointer.
@@ -189,6 +209,17 @@ mod tests {
         }
         let long = format!("https://example.nhs.uk/{}", "a".repeat(MAX_URL_LEN));
         assert!(ContentUrl::parse(&long).is_err());
+    }
+
+    #[test]
+    fn an_asid_is_exactly_twelve_ascii_digits() {
+        assert_eq!(Asid::parse("200000000123").map(|a| a.as_str().to_string()), Ok("200000000123".into()));
+        assert!(Asid::parse("000000000000").is_ok(), "leading zeros are digits like any other");
+        for bad in
+            ["", "20000000012", "2000000001234", "20000000012a", " 200000000123", "200000000123 ", "２00000000123"]
+        {
+            assert_eq!(Asid::parse(bad), Err("must be 12 digits (a Spine ASID)".into()), "{bad:?}");
+        }
     }
 
     #[test]

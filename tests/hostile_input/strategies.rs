@@ -29,6 +29,9 @@ const NEAR_VALID: &[&str] = &[
     "734163000",
     "1102421000000108",
     "99999999999999999999",
+    "200000000123",
+    "20000000012",
+    "2000000001234",
     "https://example.nhs.uk/records/1",
     "ssp://example.nhs.uk/records/1",
     "http://example.nhs.uk/records/1",
@@ -122,6 +125,7 @@ fn pointer_input() -> BoxedStrategy<pb::PointerInput> {
         coding(),
         timestamp(),
         hostile_text(),
+        hostile_text(),
     )
         .prop_map(
             |(
@@ -135,6 +139,7 @@ fn pointer_input() -> BoxedStrategy<pb::PointerInput> {
                 practice_setting,
                 document_date,
                 producer_reference,
+                related_asid,
             )| {
                 pb::PointerInput {
                     nhs_number,
@@ -147,11 +152,12 @@ fn pointer_input() -> BoxedStrategy<pb::PointerInput> {
                     practice_setting,
                     document_date,
                     producer_reference,
+                    related_asid,
                 }
             },
         );
     // Valid pointers with one field spoiled reach the later checks.
-    let spoiled = (hostile_text(), 0usize..10, content(), coding(), timestamp()).prop_map(
+    let spoiled = (hostile_text(), 0usize..11, content(), coding(), timestamp()).prop_map(
         |(text, field, content, practice_setting, document_date)| {
             let mut p = input("9434765919", "QWO", "RR8", "736253002");
             match field {
@@ -164,7 +170,8 @@ fn pointer_input() -> BoxedStrategy<pb::PointerInput> {
                 6 => p.content.push(content),
                 7 => p.practice_setting = practice_setting,
                 8 => p.document_date = document_date,
-                _ => p.producer_reference = text,
+                9 => p.producer_reference = text,
+                _ => p.related_asid = text,
             }
             p
         },

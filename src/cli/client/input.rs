@@ -95,6 +95,7 @@ impl From<PointerFile> for pb::PointerInput {
                 nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(i32::MAX),
             }),
             producer_reference: f.producer_reference,
+            related_asid: String::new(),
         }
     }
 }

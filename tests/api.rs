@@ -84,6 +84,7 @@ on_every_backend!(with_server; [
     batch::batch_size_is_bounded,
     locate::locate_lists_regions_with_counts_and_endpoints,
     ssp::an_ssp_pointer_keeps_its_asid_through_every_read_and_write,
+    ssp::ssp_content_without_an_asid_is_refused_naming_the_field,
 ]);
 
 async fn health_of(client: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {

@@ -111,6 +111,11 @@ impl ContentUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Served through the Spine Secure Proxy. The scheme matches in any case, as url parsing does.
+    pub fn is_ssp(&self) -> bool {
+        self.0.get(..6).is_some_and(|scheme| scheme.eq_ignore_ascii_case("ssp://"))
+    }
 }
 
 /// A Spine Accredited System ID: exactly 12 ASCII digits. NRLF names with one the system that serves
@@ -159,7 +164,8 @@ pub struct PointerDraft {
     pub practice_setting: Option<Coding>,
     pub document_date: Option<DateTime<Utc>>,
     pub producer_reference: Option<ProducerReference>,
-    /// The ASID of the system that serves the content through the Spine Secure Proxy.
+    /// The ASID of the system that serves the content through the Spine Secure Proxy: required when
+    /// any content url is `ssp://` (`rules::check_draft`), allowed otherwise.
     pub related_asid: Option<Asid>,
 }
 
@@ -209,6 +215,14 @@ mod tests {
         }
         let long = format!("https://example.nhs.uk/{}", "a".repeat(MAX_URL_LEN));
         assert!(ContentUrl::parse(&long).is_err());
+    }
+
+    #[test]
+    fn ssp_urls_are_known_by_their_scheme_in_any_case() {
+        let ssp = |url: &str| ContentUrl::parse(url).map(|u| u.is_ssp());
+        assert_eq!(ssp("ssp://spine.example/records?id=1"), Ok(true));
+        assert_eq!(ssp("SSP://spine.example/records?id=1"), Ok(true), "url parses the scheme in any case");
+        assert_eq!(ssp("https://ssp.example/ssp://x"), Ok(false));
     }
 
     #[test]

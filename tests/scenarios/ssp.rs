@@ -83,3 +83,45 @@ pub async fn an_ssp_pointer_keeps_its_asid_through_every_read_and_write(server: 
     stored.sort_unstable();
     assert_eq!(stored, ["000000000042", ASID, "200000000456"], "each as it was written");
 }
+
+/// NRLF's rule, on every write that takes a pointer: ssp:// content names the system serving it.
+/// (Create, supersede and batch create are in `validation`, with every other malformed pointer.)
+pub async fn ssp_content_without_an_asid_is_refused_naming_the_field(server: &TestServer) {
+    let mut client = server.registry();
+    let patient = new_patient();
+    for url in ["ssp://spine.example.nhs.uk/qwo/1", "SSP://spine.example.nhs.uk/qwo/1"] {
+        let sent = pb::PointerInput { related_asid: String::new(), ..ssp_input(&patient, "SSP-NONE") };
+        let sent = pb::PointerInput { content: vec![content(url)], ..sent };
+        let err = client.create_pointer(pb::CreatePointerRequest { pointer: Some(sent) }).await.expect_err(url);
+        assert_field_error(&err, Code::InvalidArgument, "pointer.related_asid");
+        assert!(err.message().contains("ssp://"), "the message says why: {err:?}");
+    }
+
+    // An update that moves the content behind the proxy must name the system too.
+    let sent = input(&patient, "QWO", "RR8", CRISIS_PLAN);
+    let created = client.create_pointer(pb::CreatePointerRequest { pointer: Some(sent.clone()) }).await;
+    let created = created.expect("https content needs no ASID").into_inner().pointer.expect("pointer");
+    assert_eq!(created.related_asid, "");
+    let behind_proxy = pb::PointerInput { content: vec![content("ssp://spine.example.nhs.uk/qwo/2")], ..sent };
+    let err = client
+        .update_pointer(pb::UpdatePointerRequest {
+            id: created.id.clone(),
+            version: 1,
+            pointer: Some(behind_proxy.clone()),
+        })
+        .await
+        .expect_err("ssp:// without an ASID");
+    assert_field_error(&err, Code::InvalidArgument, "pointer.related_asid");
+    let unchanged = client.get_pointer(pb::GetPointerRequest { id: created.id.clone() }).await.expect("get");
+    assert_eq!(unchanged.into_inner().pointer.as_ref(), Some(&created), "nothing written");
+
+    let with_asid = pb::PointerInput { related_asid: ASID.into(), ..behind_proxy };
+    let updated = client
+        .update_pointer(pb::UpdatePointerRequest { id: created.id.clone(), version: 1, pointer: Some(with_asid) })
+        .await
+        .expect("with the ASID, the update is made")
+        .into_inner()
+        .pointer
+        .expect("pointer");
+    assert_eq!((updated.version, updated.related_asid.as_str()), (2, ASID));
+}

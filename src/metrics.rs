@@ -11,6 +11,7 @@
 //! - The store's metering decorator (`store/metered.rs`) times every store call with these series.
 
 pub mod federation;
+pub mod fhir;
 pub mod rpc;
 
 use prometheus_client::encoding::text::encode;
@@ -146,6 +147,7 @@ pub struct Metrics {
     calls_shed: Counter,
     refusals: Family<Refusal, Counter>,
     federation: federation::FederationMetrics,
+    fhir: fhir::FhirMetrics,
 }
 
 impl Metrics {
@@ -251,6 +253,7 @@ impl Metrics {
             refusals.clone(),
         );
         let federation = federation::FederationMetrics::register(&mut registry);
+        let fhir = fhir::FhirMetrics::register(&mut registry);
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -279,6 +282,7 @@ impl Metrics {
             calls_shed,
             refusals,
             federation,
+            fhir,
         }
     }
 
@@ -287,6 +291,11 @@ impl Metrics {
         let mut text = String::new();
         encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+
+    /// The FHIR listener's requests.
+    pub fn fhir(&self) -> &fhir::FhirMetrics {
+        &self.fhir
     }
 
     /// The national node's follow state of each regional feed.

@@ -131,7 +131,7 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let (fhir_stop, fhir_task) = start_fhir(&config, &registry, admin.connections()).await?;
+    let (fhir_stop, fhir_task) = start_fhir(&config, &registry, admin.metrics(), admin.connections()).await?;
     let routes = Routes::new(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
     let routes = api::grpc::add_services(routes, &registry, peers, config.auth.authenticator.clone());
 
@@ -219,6 +219,7 @@ pub async fn run(
 async fn start_fhir(
     config: &ServerConfig,
     registry: &Registry,
+    metrics: &Arc<Metrics>,
     connections: &Arc<crate::limits::connection::Connections>,
 ) -> Result<(tokio::sync::watch::Sender<bool>, Option<tokio::task::JoinHandle<()>>), ServeError> {
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -232,7 +233,8 @@ async fn start_fhir(
         store_budget: store_budget(config),
         max_body_bytes: api::fhir::MAX_BODY_BYTES,
     };
-    let api = FhirApi::new(registry.clone(), config.auth.authenticator.clone(), limits, config.auth.tls.is_some());
+    let api = FhirApi::new(registry.clone(), config.auth.authenticator.clone(), limits, config.auth.tls.is_some())
+        .with_metrics(metrics.clone());
     // The same certificates, and the same client-certificate rule, as the gRPC listener.
     let tls = config.auth.tls.as_ref().map(|tls| tls.http());
     tracing::info!(

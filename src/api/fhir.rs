@@ -29,6 +29,7 @@ pub mod search;
 pub use listener::serve;
 
 use crate::auth::{Authenticator, Credentials, END_USER_HEADER, PURPOSE_HEADER};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::budget;
 use crate::telemetry::{self, CORRELATION_ID_HEADER, REQUEST_ID_HEADER};
@@ -63,6 +64,7 @@ pub struct FhirApi {
     in_flight: Arc<Semaphore>,
     /// `https` when the listener speaks TLS.
     scheme: &'static str,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The per-request limits of the FHIR listener.
@@ -84,7 +86,38 @@ impl FhirApi {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             limits,
             scheme: if tls { "https" } else { "http" },
+            metrics: None,
         }
+    }
+
+    /// Counts every request in `metrics` (`nrl_fhir_requests`, `nrl_fhir_request_duration`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+/// Which interaction a request is, as the metrics label it: one of a fixed set.
+fn interaction(method: &Method, path: &str) -> &'static str {
+    let rest = BASE_PATHS.iter().filter_map(|base| path.strip_prefix(base)).min_by_key(|rest| rest.len());
+    let Some(rest) = rest else { return "other" };
+    match (method.as_str(), rest) {
+        ("GET", "/DocumentReference") | ("POST", "/DocumentReference/_search") => "search",
+        ("POST", "/DocumentReference") => "create",
+        ("PUT", "/DocumentReference") => "create-with-id",
+        ("GET", "/DocumentReference/_count") => "count",
+        ("GET", "/AuditEvent") => "audit-event",
+        ("GET", "/metadata") => "capabilities",
+        ("GET", "/_status") => "status",
+        (method, rest) => match rest.strip_prefix("/DocumentReference/") {
+            Some(id) if !id.is_empty() && !id.contains('/') => match method {
+                "GET" => "read",
+                "PUT" => "update",
+                "DELETE" => "delete",
+                _ => "other",
+            },
+            _ => "other",
+        },
     }
 }
 
@@ -120,13 +153,15 @@ pub fn router(api: FhirApi) -> Router {
         .fallback(unknown_path)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), admit))
-        .layer(middleware::from_fn(request_ids))
+        .layer(middleware::from_fn_with_state(api.clone(), request_ids))
         .with_state(api)
 }
 
 /// The request id, echoed with the caller's correlation id (each only when log-safe), and a span
 /// for the request. The path is logged only when it cannot hold an NHS number; the query never.
-async fn request_ids(request: Request, next: Next) -> Response {
+async fn request_ids(State(api): State<FhirApi>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let interaction = interaction(request.method(), request.uri().path());
     let id = telemetry::request_id(request.headers());
     let correlation = request
         .headers()
@@ -139,6 +174,9 @@ async fn request_ids(request: Request, next: Next) -> Response {
     let path = if telemetry::has_digit_run(path) || path.len() > 200 { telemetry::REDACTED } else { path };
     let span = tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path, caller_org = tracing::field::Empty);
     let mut response = next.run(request).instrument(span).await;
+    if let Some(metrics) = &api.metrics {
+        metrics.fhir().answered(interaction, response.status().as_u16(), started.elapsed());
+    }
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert(REQUEST_ID_HEADER, value);
@@ -307,4 +345,33 @@ async fn method_not_allowed() -> Response {
         "this endpoint does not take that method (see /metadata)",
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_its_interaction_label_and_nothing_else_leaks_into_one() {
+        let cases = [
+            (Method::GET, "/FHIR/R4/DocumentReference", "search"),
+            (Method::POST, "/consumer/FHIR/R4/DocumentReference/_search", "search"),
+            (Method::POST, "/producer/FHIR/R4/DocumentReference", "create"),
+            (Method::PUT, "/FHIR/R4/DocumentReference", "create-with-id"),
+            (Method::GET, "/FHIR/R4/DocumentReference/_count", "count"),
+            (Method::GET, "/FHIR/R4/DocumentReference/abc", "read"),
+            (Method::PUT, "/FHIR/R4/DocumentReference/abc", "update"),
+            (Method::DELETE, "/FHIR/R4/DocumentReference/abc", "delete"),
+            (Method::GET, "/FHIR/R4/AuditEvent", "audit-event"),
+            (Method::GET, "/FHIR/R4/metadata", "capabilities"),
+            (Method::GET, "/producer/FHIR/R4/_status", "status"),
+            (Method::GET, "/FHIR/R4/Patient/9434765919", "other"),
+            (Method::PATCH, "/FHIR/R4/DocumentReference/abc", "other"),
+            (Method::GET, "/elsewhere", "other"),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(interaction(&method, path), expected, "{method} {path}");
+            assert!(crate::metrics::fhir::INTERACTIONS.contains(&expected));
+        }
+    }
 }

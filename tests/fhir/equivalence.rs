@@ -127,6 +127,15 @@ fn assert_same(pointer: &pb::Pointer, resource: &Value) {
                 .collect::<Vec<_>>()),
         ),
         (
+            "related_asid",
+            if pointer.related_asid.is_empty() {
+                Value::Null
+            } else {
+                json!([{"identifier": {"system": ASID_SYSTEM, "value": pointer.related_asid}}])
+            },
+            at("/context/related"),
+        ),
+        (
             "superseded_by",
             if pointer.superseded_by.is_empty() {
                 Value::Null
@@ -156,11 +165,14 @@ fn timestamp(rfc3339: &str) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: at.timestamp(), nanos: 0 }
 }
 
-/// A pointer input with every optional field set, and no ssp:// url (which would need an ASID).
-/// Built from the harness's fixture, so fields the input gains later keep their defaults.
+/// A pointer input with every optional field set, ssp:// content with its ASID among them. Built
+/// from the harness's fixture, so fields the input gains later keep their defaults.
 fn full_input(patient: &str) -> pb::PointerInput {
     let content = |mechanism: pb::RetrievalMechanism, stability: pb::Stability, kind: &str| pb::Content {
-        url: new_url(),
+        url: match mechanism {
+            pb::RetrievalMechanism::Ssp => format!("ssp://rx1.example.nhs.uk/records/{}", rand::random::<u32>()),
+            _ => new_url(),
+        },
         content_type: kind.into(),
         format: "urn:nhs-ic:structured".into(),
         retrieval_mechanism: mechanism as i32,
@@ -177,6 +189,7 @@ fn full_input(patient: &str) -> pb::PointerInput {
     input.practice_setting = Some(pb::Coding { code: "892811000000109".into(), display: "Community service".into() });
     input.document_date = Some(timestamp("2023-11-02T08:15:00Z"));
     input.producer_reference = format!("RX1-{}", rand::random::<u32>());
+    input.related_asid = "200000000999".into();
     input
 }
 
@@ -263,6 +276,7 @@ pub async fn what_fhir_writes_grpc_reads_field_by_field(server: &TestServer) {
     assert_eq!(stability(pointer.content[1].stability), "dynamic");
     assert_eq!(pointer.content[1].format, "urn:nhs-ic:record-contact");
     assert_eq!(pointer.content[1].content_type, "text/html");
+    assert_eq!(pointer.related_asid, "200000000117", "context.related's ASID");
 
     // A FHIR update is the next version over gRPC, and a gRPC delete needs that version.
     let mut changed = read.body.clone();

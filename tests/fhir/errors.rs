@@ -250,6 +250,18 @@ fn document_rows() -> Vec<Row> {
             "DocumentReference.context.practiceSetting.coding[0].code",
         ),
         row(
+            "an ASID that is not 12 digits",
+            |d| d["context"] = json!({"related": [{"identifier": {"system": ASID_SYSTEM, "value": "12345"}}]}),
+            "INVALID_IDENTIFIER_VALUE",
+            "DocumentReference.context.related[0].identifier.value",
+        ),
+        row(
+            "ssp:// content without the ASID of the system serving it",
+            |d| d["content"][0]["attachment"]["url"] = json!("ssp://qwo.example.nhs.uk/r/1"),
+            "INVALID_RESOURCE",
+            "DocumentReference.context.related[0].identifier.value",
+        ),
+        row(
             "relatesTo other than replaces",
             |d| d["relatesTo"] = json!([{"code": "appends", "target": {"identifier": {"value": "x"}}}]),
             "INVALID_CODE_VALUE",

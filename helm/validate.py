@@ -8,6 +8,7 @@ this file carries one). Then the chart's own rules, which no schema knows:
   - the registry's terminationGracePeriodSeconds exceeds its drain (NRL_SHUTDOWN_GRACE_SECS plus
     the preStop sleep), so Kubernetes never kills calls still draining;
   - every Service selects a workload of the release, and no helm test pod is selected by one;
+  - a Service port's named targetPort is a container port of every workload it selects;
   - no two resources share a kind and name, and no YAML mapping repeats a key.
 
 Usage: validate.py --kube-version 1.30.0 [--kube-version ...] rendered.yaml [...]
@@ -158,6 +159,14 @@ def check_selectors(docs, problems):
         for where, kind in matched:
             if kind == "Pod":
                 problems.append(f"{name_of(doc)} would send traffic to the test pod {where}")
+        for where, spec, labels in (p for d in docs for p in pod_specs(d)):
+            if not selects(selector, labels):
+                continue
+            named = {p.get("name") for c in spec.get("containers", []) for p in c.get("ports", [])}
+            for port in doc["spec"].get("ports", []):
+                target = port.get("targetPort")
+                if isinstance(target, str) and target not in named:
+                    problems.append(f"{name_of(doc)} port {port.get('name')}: targetPort {target} is no container port of {where}")
 
 
 def validate(path, versions):

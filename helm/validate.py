@@ -8,6 +8,7 @@ this file carries one). Then the chart's own rules, which no schema knows:
   - the registry's terminationGracePeriodSeconds exceeds its drain (NRL_SHUTDOWN_GRACE_SECS plus
     the preStop sleep), so Kubernetes never kills calls still draining;
   - every Service selects a workload of the release, and no helm test pod is selected by one;
+  - a Service port's named targetPort is a container port of every workload it selects;
   - no two resources share a kind and name, and no YAML mapping repeats a key.
 
 Usage: validate.py --kube-version 1.30.0 [--kube-version ...] rendered.yaml [...]
@@ -62,6 +63,56 @@ LOCAL_SCHEMAS = {
                                 "path": {"type": "string", "pattern": "^/"},
                                 "interval": DURATION,
                                 "scrapeTimeout": DURATION,
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+LOCAL_SCHEMAS[("monitoring.coreos.com/v1", "PrometheusRule")] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": LOCAL_SCHEMAS[("monitoring.coreos.com/v1", "ServiceMonitor")]["properties"]["metadata"],
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": DURATION,
+                            "rules": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["expr"],
+                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                    "properties": {
+                                        "alert": {"type": "string", "minLength": 1},
+                                        "record": {"type": "string", "minLength": 1},
+                                        "expr": {"type": "string", "minLength": 1},
+                                        "for": DURATION,
+                                        "labels": STRING_MAP,
+                                        "annotations": STRING_MAP,
+                                    },
+                                },
                             },
                         },
                     },
@@ -158,6 +209,14 @@ def check_selectors(docs, problems):
         for where, kind in matched:
             if kind == "Pod":
                 problems.append(f"{name_of(doc)} would send traffic to the test pod {where}")
+        for where, spec, labels in (p for d in docs for p in pod_specs(d)):
+            if not selects(selector, labels):
+                continue
+            named = {p.get("name") for c in spec.get("containers", []) for p in c.get("ports", [])}
+            for port in doc["spec"].get("ports", []):
+                target = port.get("targetPort")
+                if isinstance(target, str) and target not in named:
+                    problems.append(f"{name_of(doc)} port {port.get('name')}: targetPort {target} is no container port of {where}")
 
 
 def validate(path, versions):

@@ -203,27 +203,34 @@ fn accepts_json(request: &Request) -> bool {
 /// The in-flight cap, the deadline and store budget, content negotiation and the body limit; and
 /// the request's [`Base`].
 async fn admit(State(api): State<FhirApi>, request: Request, next: Next) -> Response {
+    let unread_body = carries_body(&request);
     let Ok(_permit) = api.in_flight.clone().try_acquire_owned() else {
-        return FhirError {
-            retry_after: Some(1),
-            ..FhirError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "throttled",
-                SpineCode::TooManyRequests,
-                "server busy: too many requests in flight; retry in a second",
-            )
-        }
-        .into_response();
+        return closing_if(
+            unread_body,
+            FhirError {
+                retry_after: Some(1),
+                ..FhirError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "throttled",
+                    SpineCode::TooManyRequests,
+                    "server busy: too many requests in flight; retry in a second",
+                )
+            }
+            .into_response(),
+        );
     };
     if !accepts_json(&request) {
-        return FhirError::new(
-            StatusCode::NOT_ACCEPTABLE,
-            "not-supported",
-            SpineCode::NotAcceptable,
-            "only application/fhir+json (or application/json) is served",
-        )
-        .at("Accept")
-        .into_response();
+        return closing_if(
+            unread_body,
+            FhirError::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "not-supported",
+                SpineCode::NotAcceptable,
+                "only application/fhir+json (or application/json) is served",
+            )
+            .at("Accept")
+            .into_response(),
+        );
     }
     let (mut parts, body) = request.into_parts();
     let limit = api.limits.max_body_bytes;
@@ -274,13 +281,31 @@ async fn admit(State(api): State<FhirApi>, request: Request, next: Next) -> Resp
 }
 
 fn too_large(limit: usize) -> Response {
-    FhirError::new(
+    let response = FhirError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "too-costly",
         SpineCode::PayloadTooLarge,
         format!("the body is over the limit of {limit} bytes"),
     )
-    .into_response()
+    .into_response();
+    closing_if(true, response)
+}
+
+/// Whether the request says a body follows (a length above zero, or chunks).
+fn carries_body(request: &Request) -> bool {
+    let headers = request.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|n| n.trim() != "0")
+}
+
+/// An answer given before the request's body was read says `Connection: close`: the server
+/// closes such a connection after answering (what is left of the body cannot be told from the
+/// next request), and an HTTP/1.1 client not told so would send its next request on it and fail.
+fn closing_if(unread_body: bool, mut response: Response) -> Response {
+    if unread_body {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The client certificate chain of an mTLS connection, as the TLS listener leaves it.

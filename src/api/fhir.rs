@@ -173,7 +173,19 @@ async fn request_ids(request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let path = if telemetry::has_digit_run(path) || path.len() > 200 { telemetry::REDACTED } else { path };
     let span = tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path, caller_org = tracing::field::Empty);
-    let mut response = next.run(request).instrument(span).await;
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    // The access line, as the gRPC edge writes one per call (`nrl_registry::access`): warn for the
+    // server's failures, debug otherwise.
+    let status = response.status().as_u16();
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if response.status().is_server_error() {
+            tracing::warn!(target: "nrl_registry::access", http_status = status, duration_ms, "request failed");
+        } else {
+            tracing::debug!(target: "nrl_registry::access", http_status = status, duration_ms, "request finished");
+        }
+    });
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert(REQUEST_ID_HEADER, value);

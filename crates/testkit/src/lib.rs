@@ -17,6 +17,8 @@ pub mod redis;
 pub mod writer;
 
 pub use backend::Backend;
+/// The HTTP client of the FHIR API tests, so that test binaries use the harness's one version.
+pub use reqwest;
 
 use nrl_registry::config::{ServerConfig, StoreConfig};
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;

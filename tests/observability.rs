@@ -326,3 +326,29 @@ async fn refusals_are_counted_by_operation_and_code() {
     }
     server.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn fhir_requests_are_counted_by_interaction_and_status_without_patient_data() {
+    let mut config = ServerConfig::for_tests();
+    config.fhir.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let (server, admin) = start_with(config).await;
+    let base = server.fhir_base();
+    let patient = new_patient();
+    let http = testkit::reqwest::Client::new();
+    let search = format!("{base}/DocumentReference?subject:identifier=https://fhir.nhs.uk/Id/nhs-number|{patient}");
+    for _ in 0..3 {
+        let answer = http.get(&search).send().await.expect("search");
+        assert_eq!(answer.status().as_u16(), 200);
+    }
+    let bad = http.get(format!("{base}/DocumentReference?subject:identifier=123")).send().await.expect("bad search");
+    assert_eq!(bad.status().as_u16(), 400);
+    let missing = http.get(format!("{base}/Patient/{patient}")).send().await.expect("unknown path");
+    assert_eq!(missing.status().as_u16(), 404);
+
+    let (text, series) = scrape(admin).await;
+    assert_eq!(value(&series, "nrl_fhir_requests_total{interaction=\"search\",status=\"200\"}"), 3.0);
+    assert_eq!(value(&series, "nrl_fhir_requests_total{interaction=\"search\",status=\"400\"}"), 1.0);
+    assert_eq!(value(&series, "nrl_fhir_requests_total{interaction=\"other\",status=\"404\"}"), 1.0);
+    assert_eq!(value(&series, "nrl_fhir_request_duration_seconds_count{interaction=\"search\"}"), 4.0);
+    assert!(!text.contains(&patient), "the NHS number is in /metrics");
+}

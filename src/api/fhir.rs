@@ -9,28 +9,32 @@
 //! - authentication (not for `metadata` and `_status`): the same credentials as gRPC, through the
 //!   same `auth::Authenticator`.
 //!
-//! Modules: [`handlers`] (one per interaction), [`document_reference`] (the resource ↔ pointer
-//! mapping), [`search`] (parameters and Bundles), [`audit_event`] (the access log),
-//! [`capability`] (`/metadata`), [`outcome`] (the one error → HTTP + OperationOutcome map),
-//! [`codes`] (systems and urls).
+//! The listener ([`listener`]) speaks TLS when the gRPC listener does, from the same certificates,
+//! and an mTLS client certificate identifies its caller as on gRPC.
+//!
+//! Modules: [`listener`] (connections, TLS), [`handlers`] (one per interaction),
+//! [`document_reference`] (the resource ↔ pointer mapping), [`search`] (parameters and Bundles),
+//! [`audit_event`] (the access log), [`capability`] (`/metadata`), [`outcome`] (the one error →
+//! HTTP + OperationOutcome map), [`codes`] (systems and urls).
 
 pub mod audit_event;
 mod capability;
 pub mod codes;
 pub mod document_reference;
 mod handlers;
+mod listener;
 pub mod outcome;
 pub mod search;
 
+pub use listener::serve;
+
 use crate::auth::{Authenticator, Credentials, END_USER_HEADER, PURPOSE_HEADER};
-use crate::limits::accept::{Acceptor, Refusal};
-use crate::limits::connection::{CallBody, ConnectionKey, Connections, Listener};
-use crate::limits::ConnectionLimits;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::budget;
 use crate::telemetry::{self, CORRELATION_ID_HEADER, REQUEST_ID_HEADER};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -38,10 +42,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use outcome::{FhirError, SpineCode};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -50,14 +52,6 @@ pub const BASE_PATHS: [&str; 3] = ["/FHIR/R4", "/producer/FHIR/R4", "/consumer/F
 /// The largest request body taken (a DocumentReference with the most content is a few KB).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_FHIR_LISTEN: &str = "127.0.0.1:8080";
-
-/// Where the FHIR listener goes (`listen: None`: off), and the address it bound.
-#[derive(Clone, Debug, Default)]
-pub struct FhirConfig {
-    pub listen: Option<std::net::SocketAddr>,
-    /// Reports the address actually bound, for listening on port 0 (tests).
-    pub bound: crate::admin::BoundAddress,
-}
 
 /// What the FHIR edge holds: the registry and how to authenticate, and its limits.
 #[derive(Clone)]
@@ -70,6 +64,7 @@ pub struct FhirApi {
     in_flight: Arc<Semaphore>,
     /// `https` when the listener speaks TLS.
     scheme: &'static str,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The per-request limits of the FHIR listener.
@@ -91,7 +86,38 @@ impl FhirApi {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             limits,
             scheme: if tls { "https" } else { "http" },
+            metrics: None,
         }
+    }
+
+    /// Counts every request in `metrics` (`nrl_fhir_requests`, `nrl_fhir_request_duration`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+/// Which interaction a request is, as the metrics label it: one of a fixed set.
+fn interaction(method: &Method, path: &str) -> &'static str {
+    let rest = BASE_PATHS.iter().filter_map(|base| path.strip_prefix(base)).min_by_key(|rest| rest.len());
+    let Some(rest) = rest else { return "other" };
+    match (method.as_str(), rest) {
+        ("GET", "/DocumentReference") | ("POST", "/DocumentReference/_search") => "search",
+        ("POST", "/DocumentReference") => "create",
+        ("PUT", "/DocumentReference") => "create-with-id",
+        ("GET", "/DocumentReference/_count") => "count",
+        ("GET", "/AuditEvent") => "audit-event",
+        ("GET", "/metadata") => "capabilities",
+        ("GET", "/_status") => "status",
+        (method, rest) => match rest.strip_prefix("/DocumentReference/") {
+            Some(id) if !id.is_empty() && !id.contains('/') => match method {
+                "GET" => "read",
+                "PUT" => "update",
+                "DELETE" => "delete",
+                _ => "other",
+            },
+            _ => "other",
+        },
     }
 }
 
@@ -127,41 +153,15 @@ pub fn router(api: FhirApi) -> Router {
         .fallback(unknown_path)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), admit))
-        .layer(middleware::from_fn(request_ids))
+        .layer(middleware::from_fn_with_state(api.clone(), request_ids))
         .with_state(api)
-}
-
-/// Serves the FHIR API on `listener` until `shutdown` resolves, with the listener's connection
-/// limits (`Listener::Fhir` in the shared connection table).
-pub async fn serve(
-    listener: TcpListener,
-    api: FhirApi,
-    limits: ConnectionLimits,
-    connections: Arc<Connections>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let acceptor = Acceptor::new(listener, Listener::Fhir, limits, connections.clone()).refusing_with(Refusal::Http1);
-    let app = router(api)
-        .layer(middleware::from_fn_with_state(connections, track_call))
-        .into_make_service_with_connect_info::<ConnectionKey>();
-    axum::serve(acceptor, app).with_graceful_shutdown(shutdown).await
-}
-
-/// Marks the request's connection busy until its response is sent, so the idle deadline does not
-/// cut it off mid-answer.
-async fn track_call(
-    State(connections): State<Arc<Connections>>,
-    ConnectInfo(key): ConnectInfo<ConnectionKey>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let call = connections.call_started(key);
-    next.run(request).await.map(|body| Body::new(CallBody::new(body, call)))
 }
 
 /// The request id, echoed with the caller's correlation id (each only when log-safe), and a span
 /// for the request. The path is logged only when it cannot hold an NHS number; the query never.
-async fn request_ids(request: Request, next: Next) -> Response {
+async fn request_ids(State(api): State<FhirApi>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let interaction = interaction(request.method(), request.uri().path());
     let id = telemetry::request_id(request.headers());
     let correlation = request
         .headers()
@@ -173,17 +173,20 @@ async fn request_ids(request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let path = if telemetry::has_digit_run(path) || path.len() > 200 { telemetry::REDACTED } else { path };
     let span = tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path, caller_org = tracing::field::Empty);
-    let started = std::time::Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    if let Some(metrics) = &api.metrics {
+        metrics.fhir().answered(interaction, status, elapsed);
+    }
     // The access line, as the gRPC edge writes one per call (`nrl_registry::access`): warn for the
     // server's failures, debug otherwise.
-    let status = response.status().as_u16();
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
     span.in_scope(|| {
         if response.status().is_server_error() {
-            tracing::warn!(target: "nrl_registry::access", http_status = status, duration_ms, "request failed");
+            tracing::warn!(target: "nrl_registry::access", interaction, http_status = status, duration_ms, "request failed");
         } else {
-            tracing::debug!(target: "nrl_registry::access", http_status = status, duration_ms, "request finished");
+            tracing::debug!(target: "nrl_registry::access", interaction, http_status = status, duration_ms, "request finished");
         }
     });
     let headers = response.headers_mut();
@@ -320,7 +323,8 @@ fn closing_if(unread_body: bool, mut response: Response) -> Response {
     response
 }
 
-/// The client certificate chain of an mTLS connection, as the TLS listener leaves it.
+/// The client certificate chain of an mTLS connection (leaf first), as the TLS listener leaves it
+/// on each request: only a chain the handshake verified against the client CA.
 #[derive(Clone, Debug)]
 pub struct PeerCertificates(pub Arc<Vec<Vec<u8>>>);
 
@@ -378,4 +382,33 @@ async fn method_not_allowed() -> Response {
         "this endpoint does not take that method (see /metadata)",
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_its_interaction_label_and_nothing_else_leaks_into_one() {
+        let cases = [
+            (Method::GET, "/FHIR/R4/DocumentReference", "search"),
+            (Method::POST, "/consumer/FHIR/R4/DocumentReference/_search", "search"),
+            (Method::POST, "/producer/FHIR/R4/DocumentReference", "create"),
+            (Method::PUT, "/FHIR/R4/DocumentReference", "create-with-id"),
+            (Method::GET, "/FHIR/R4/DocumentReference/_count", "count"),
+            (Method::GET, "/FHIR/R4/DocumentReference/abc", "read"),
+            (Method::PUT, "/FHIR/R4/DocumentReference/abc", "update"),
+            (Method::DELETE, "/FHIR/R4/DocumentReference/abc", "delete"),
+            (Method::GET, "/FHIR/R4/AuditEvent", "audit-event"),
+            (Method::GET, "/FHIR/R4/metadata", "capabilities"),
+            (Method::GET, "/producer/FHIR/R4/_status", "status"),
+            (Method::GET, "/FHIR/R4/Patient/9434765919", "other"),
+            (Method::PATCH, "/FHIR/R4/DocumentReference/abc", "other"),
+            (Method::GET, "/elsewhere", "other"),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(interaction(&method, path), expected, "{method} {path}");
+            assert!(crate::metrics::fhir::INTERACTIONS.contains(&expected));
+        }
+    }
 }

@@ -177,6 +177,12 @@ async fn a_consumers_reads_show_in_the_patients_audit_events_newest_first_paged_
     let unique: std::collections::BTreeSet<&&str> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "no event twice: {ids:?}");
 
+    // A patient nobody has touched has an empty log: a Bundle without entries (FHIR JSON has no
+    // empty arrays).
+    let nobody = new_patient();
+    let empty = auditor.get(&audit_path(&nobody)).await;
+    assert!(events("an empty log", &empty, &nobody).is_empty(), "{}", empty.text);
+
     // entity.identifier is the same search; the other callers' rights are the policy's.
     let by_entity = auditor.get(&audit_path(&patient).replace("patient.identifier", "entity.identifier")).await;
     assert_eq!(events("by entity", &by_entity, &patient).len(), 6 + pages, "every read recorded");

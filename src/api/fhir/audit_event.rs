@@ -113,8 +113,10 @@ pub fn resource(event: &AuditEvent) -> Value {
         "agent": [agent],
         "source": {"observer": {"display": "nrl-registry"}, "type": [{
             "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
-        "entity": entities,
     });
+    if !entities.is_empty() {
+        resource["entity"] = json!(entities);
+    }
     if let Some(cursor) = event.cursor.as_deref().filter(|c| is_fhir_id(c)) {
         resource["id"] = json!(cursor);
     }
@@ -141,7 +143,12 @@ pub fn bundle(page: &EventPage, base: &str, parameters: &Parameters) -> Value {
     }
     let entries: Vec<Value> =
         page.events.iter().map(|e| json!({"resource": resource(e), "search": {"mode": "match"}})).collect();
-    json!({"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries})
+    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "link": links});
+    // FHIR JSON has no empty arrays: a log with nothing (more) to show has no `entry` at all.
+    if !entries.is_empty() {
+        bundle["entry"] = json!(entries);
+    }
+    bundle
 }
 
 fn query_string(parameters: &Parameters, token: Option<&str>) -> String {

@@ -222,7 +222,12 @@ pub fn bundle(page: &Page, base: &str, parameters: &Parameters, next_token: Opti
             })
         })
         .collect();
-    json!({"resourceType": "Bundle", "type": "searchset", "total": page.total, "link": links, "entry": entries})
+    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total, "link": links});
+    // FHIR JSON has no empty arrays: a search that found nothing has no `entry` at all.
+    if !entries.is_empty() {
+        bundle["entry"] = json!(entries);
+    }
+    bundle
 }
 
 /// The Bundle answering `_summary=count` and `_count`: the total, no entries.

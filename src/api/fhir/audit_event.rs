@@ -144,9 +144,9 @@ pub fn bundle(page: &EventPage, base: &str, parameters: &Parameters) -> Value {
     let entries: Vec<Value> =
         page.events.iter().map(|e| json!({"resource": resource(e), "search": {"mode": "match"}})).collect();
     let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "link": links});
-    // FHIR JSON has no empty arrays: a log with nothing (more) to show has no `entry` at all.
+    // FHIR JSON has no empty arrays: an empty log page leaves `entry` out.
     if !entries.is_empty() {
-        bundle["entry"] = json!(entries);
+        bundle["entry"] = Value::Array(entries);
     }
     bundle
 }

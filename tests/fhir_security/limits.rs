@@ -106,3 +106,50 @@ async fn past_the_in_flight_cap_requests_are_429_at_once_with_retry_after() {
     assert_eq!(refused, 6);
     server.stop().await.expect("stop");
 }
+
+/// A client that sends its headers and then stops sending its body holds a place in flight only
+/// until the request deadline, like any other request: then it is answered 408 and closed. (It
+/// held one for good: a few stalled uploads kept every other FHIR request at 429.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_holds_no_place_past_the_request_deadline() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let mut config = jwt_server_config(StoreConfig::Memory);
+    config.fhir.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.limits.max_in_flight = CAP;
+    config.request_timeout = TIMEOUT;
+    let server = TestServer::start_with(config).await;
+    let addr = server.fhir.expect("FHIR on");
+    let bearer = token("rr8-slow", OWN, &["producer"], None);
+    let stalled: Vec<_> = (0..CAP)
+        .map(|_| {
+            let head = format!(
+                "POST /FHIR/R4/DocumentReference HTTP/1.1\r\nAuthorization: Bearer {bearer}\r\n\
+                 Content-Type: application/fhir+json\r\nContent-Length: 100"
+            );
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let answer = raw(addr, &head, b"{\"res".to_vec()).await;
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+
+    let open = Fhir::anonymous(&server.fhir_base());
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let probe = open.get("metadata").await;
+        if probe.status == 429 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the stalled uploads never took the cap: {}", probe.text);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for task in stalled {
+        let (answer, took) = task.await.expect("a stalled upload");
+        assert_raw("a stalled upload", &answer, 408, "TIMEOUT");
+        assert!(answer.1.to_ascii_lowercase().contains("connection: close"), "{}", answer.1);
+        assert!(took >= TIMEOUT && took < TIMEOUT + Duration::from_secs(2), "answered at the deadline: {took:?}");
+    }
+    assert_eq!(open.get("metadata").await.status, 200, "the cap is free again");
+    server.stop().await.expect("stop");
+}

@@ -18,7 +18,8 @@
 //!   always an OperationOutcome, never a half-write.
 //! - `hostile`: oversized, chunked, deeply nested and mislabelled bodies, absurd query strings,
 //!   paths and methods: 4xx OperationOutcomes, and the server keeps serving.
-//! - `limits`: past the in-flight cap, 429 with `Retry-After`.
+//! - `limits`: past the in-flight cap, 429 with `Retry-After`; a stalled upload holds its place
+//!   only until the request deadline.
 
 mod access_log;
 mod authentication;
@@ -43,6 +44,8 @@ use testkit::auth::*;
 use testkit::fixtures::*;
 use testkit::reqwest;
 use testkit::TestServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tonic::Code;
 
 const OWN: &str = "RR8";
@@ -310,4 +313,63 @@ fn created_id(what: &str, answer: &Answer) -> String {
 fn formats(patient: &str) -> [String; 3] {
     let (a, b, c) = (&patient[..3], &patient[3..6], &patient[6..]);
     [patient.to_string(), format!("{a} {b} {c}"), format!("{a}-{b}-{c}")]
+}
+
+/// A raw HTTP/1.1 exchange: `head` (request line and headers, without the blank line), then
+/// `body` written in 64 KiB writes (concurrently with reading, ignoring write errors: the
+/// server may answer and close before taking it all). Returns (status, headers, body).
+async fn raw(addr: SocketAddr, head: &str, body: Vec<u8>) -> (u16, String, Vec<u8>) {
+    let stream = TcpStream::connect(addr).await.expect("connect to the FHIR listener");
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!("{head}\r\nHost: {addr}\r\n\r\n");
+    // The write half is kept open until the answer is read: a client that shuts down its side
+    // after sending is, to the server, a client gone away.
+    let writing = tokio::spawn(async move {
+        if writer.write_all(head.as_bytes()).await.is_ok() {
+            for chunk in body.chunks(64 * 1024) {
+                if writer.write_all(chunk).await.is_err() {
+                    break;
+                }
+            }
+            let _ = writer.flush().await;
+        }
+        writer
+    });
+    let reading = async {
+        let mut raw = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_string();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                    .and_then(|v| v.parse::<usize>().ok());
+                if length.is_some_and(|n| raw.len() >= end + 4 + n) {
+                    break;
+                }
+            }
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        raw
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(20), reading).await.expect("an answer within 20 s");
+    writing.abort();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no answer: {raw:?}"));
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    (status, head, raw[end + 4..].to_vec())
+}
+
+/// Asserts a raw answer is `status` with an OperationOutcome of Spine code `spine`.
+#[track_caller]
+fn assert_raw(what: &str, answer: &(u16, String, Vec<u8>), status: u16, spine: &str) {
+    let body: Value = serde_json::from_slice(&answer.2).unwrap_or(Value::Null);
+    assert_eq!(answer.0, status, "{what}: {}\n{}", answer.1, String::from_utf8_lossy(&answer.2));
+    assert_eq!(body["resourceType"], "OperationOutcome", "{what}: {}", String::from_utf8_lossy(&answer.2));
+    assert_eq!(body["issue"][0]["details"]["coding"][0]["code"], spine, "{what}: {body}");
+    assert!(answer.1.to_ascii_lowercase().contains("content-type: application/fhir+json"), "{what}: {}", answer.1);
 }

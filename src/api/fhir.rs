@@ -4,8 +4,9 @@
 //! Served under `/FHIR/R4/` and NRLF's own prefixes `/producer/FHIR/R4/` and `/consumer/FHIR/R4/`,
 //! so an NRLF client changes only its base URL. Each request passes, outermost first:
 //! - request ids: `X-Request-ID` (else `X-Correlation-ID`) echoed when log-safe, else a new one;
-//! - admission: the in-flight cap (429 + `Retry-After`), the request deadline (504) and the call's
-//!   store budget, content negotiation (406, 415) and the body limit (413);
+//! - admission: the in-flight cap (429 + `Retry-After`), the request deadline (504; 408 for a body
+//!   not all sent by it) and the call's store budget, content negotiation (406, 415) and the body
+//!   limit (413);
 //! - authentication (not for `metadata` and `_status`): the same credentials as gRPC, through the
 //!   same `auth::Authenticator`.
 //!
@@ -40,7 +41,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use outcome::{FhirError, SpineCode};
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,10 +176,22 @@ async fn request_ids(State(api): State<FhirApi>, request: Request, next: Next) -
     let path = request.uri().path();
     let path = if telemetry::has_digit_run(path) || path.len() > 200 { telemetry::REDACTED } else { path };
     let span = tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path, caller_org = tracing::field::Empty);
-    let mut response = next.run(request).instrument(span).await;
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
     if let Some(metrics) = &api.metrics {
-        metrics.fhir().answered(interaction, response.status().as_u16(), started.elapsed());
+        metrics.fhir().answered(interaction, status, elapsed);
     }
+    // The access line, as the gRPC edge writes one per call (`nrl_registry::access`): warn for the
+    // server's failures, debug otherwise.
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if response.status().is_server_error() {
+            tracing::warn!(target: "nrl_registry::access", interaction, http_status = status, duration_ms, "request failed");
+        } else {
+            tracing::debug!(target: "nrl_registry::access", interaction, http_status = status, duration_ms, "request finished");
+        }
+    });
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert(REQUEST_ID_HEADER, value);
@@ -206,35 +221,64 @@ fn accepts_json(request: &Request) -> bool {
 /// The in-flight cap, the deadline and store budget, content negotiation and the body limit; and
 /// the request's [`Base`].
 async fn admit(State(api): State<FhirApi>, request: Request, next: Next) -> Response {
+    let unread_body = carries_body(&request);
     let Ok(_permit) = api.in_flight.clone().try_acquire_owned() else {
-        return FhirError {
-            retry_after: Some(1),
-            ..FhirError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "throttled",
-                SpineCode::TooManyRequests,
-                "server busy: too many requests in flight; retry in a second",
-            )
-        }
-        .into_response();
+        return closing_if(
+            unread_body,
+            FhirError {
+                retry_after: Some(1),
+                ..FhirError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "throttled",
+                    SpineCode::TooManyRequests,
+                    "server busy: too many requests in flight; retry in a second",
+                )
+            }
+            .into_response(),
+        );
     };
     if !accepts_json(&request) {
-        return FhirError::new(
-            StatusCode::NOT_ACCEPTABLE,
-            "not-supported",
-            SpineCode::NotAcceptable,
-            "only application/fhir+json (or application/json) is served",
-        )
-        .at("Accept")
-        .into_response();
+        return closing_if(
+            unread_body,
+            FhirError::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "not-supported",
+                SpineCode::NotAcceptable,
+                "only application/fhir+json (or application/json) is served",
+            )
+            .at("Accept")
+            .into_response(),
+        );
     }
+    // One deadline for the whole request, its body included: a client that stops sending its
+    // body must not hold a place in flight for longer than any other request may.
+    let timeout = api.limits.request_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let (mut parts, body) = request.into_parts();
     let limit = api.limits.max_body_bytes;
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return too_large(limit);
-    }
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else { return too_large(limit) };
+    let bytes = match receive(body, limit, declared, deadline).await {
+        Received::Body(bytes) => bytes,
+        Received::TooLarge { drained } => return closing_if(!drained, too_large(limit)),
+        Received::Late => {
+            let error = FhirError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                SpineCode::Timeout,
+                format!("the request body did not arrive within {} ms", timeout.as_millis()),
+            );
+            return closing_if(true, error.into_response());
+        }
+        Received::Broken => {
+            let error = FhirError::new(
+                StatusCode::BAD_REQUEST,
+                "structure",
+                SpineCode::BadRequest,
+                "the body could not be read",
+            );
+            return closing_if(true, error.into_response());
+        }
+    };
     if matches!(parts.method, Method::POST | Method::PUT) && !bytes.is_empty() {
         let kind = parts.headers.get(header::CONTENT_TYPE).map(media_type).unwrap_or_default();
         let form = parts.uri.path().ends_with("/_search") && kind == "application/x-www-form-urlencoded";
@@ -262,9 +306,9 @@ async fn admit(State(api): State<FhirApi>, request: Request, next: Next) -> Resp
     let prefix = BASE_PATHS.iter().filter(|b| path.starts_with(**b)).max_by_key(|b| b.len()).unwrap_or(&BASE_PATHS[0]);
     parts.extensions.insert(Base { url: format!("{}://{host}{prefix}", api.scheme) });
     let request = Request::from_parts(parts, Body::from(bytes));
-    let timeout = api.limits.request_timeout;
-    let call = budget::within(api.limits.store_budget.min(timeout), next.run(request));
-    match tokio::time::timeout(timeout, call).await {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let call = budget::within(api.limits.store_budget.min(left), next.run(request));
+    match tokio::time::timeout_at(deadline, call).await {
         Ok(response) => response,
         Err(_) => FhirError::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -284,6 +328,73 @@ fn too_large(limit: usize) -> Response {
         format!("the body is over the limit of {limit} bytes"),
     )
     .into_response()
+}
+
+/// A body over the limit is still read, and dropped, up to this much: the client is most likely
+/// still sending it, and one that is answered before it has finished sees its connection reset
+/// rather than the 413. Past this (declared, or sent), the answer comes at once and the
+/// connection closes.
+const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What became of a request body.
+enum Received {
+    Body(Bytes),
+    /// Over the limit; `drained` when all of it was read (the connection can take another request).
+    TooLarge {
+        drained: bool,
+    },
+    /// Not all there by the request's deadline.
+    Late,
+    /// The connection failed mid-body.
+    Broken,
+}
+
+/// Reads a body of at most `limit` bytes by `deadline` (see [`DRAIN_BYTES`] for one over it).
+async fn receive(body: Body, limit: usize, declared: Option<u64>, deadline: tokio::time::Instant) -> Received {
+    if declared.is_some_and(|n| n > DRAIN_BYTES) {
+        return Received::TooLarge { drained: false };
+    }
+    let mut stream = body.into_data_stream();
+    let mut bytes = BytesMut::new();
+    let mut seen: u64 = 0;
+    loop {
+        let over = seen > limit as u64;
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) if over => return Received::TooLarge { drained: false },
+            Err(_) => return Received::Late,
+            Ok(None) if over => return Received::TooLarge { drained: true },
+            Ok(None) => return Received::Body(bytes.freeze()),
+            Ok(Some(Err(_))) => return Received::Broken,
+            Ok(Some(Ok(chunk))) => {
+                seen += chunk.len() as u64;
+                if seen > DRAIN_BYTES {
+                    return Received::TooLarge { drained: false };
+                }
+                if seen <= limit as u64 {
+                    bytes.extend_from_slice(&chunk);
+                } else if !bytes.is_empty() {
+                    bytes = BytesMut::new();
+                }
+            }
+        }
+    }
+}
+
+/// Whether the request says a body follows (a length above zero, or chunks).
+fn carries_body(request: &Request) -> bool {
+    let headers = request.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|n| n.trim() != "0")
+}
+
+/// An answer given before the request's body was read says `Connection: close`: the server
+/// closes such a connection after answering (what is left of the body cannot be told from the
+/// next request), and an HTTP/1.1 client not told so would send its next request on it and fail.
+fn closing_if(unread_body: bool, mut response: Response) -> Response {
+    if unread_body {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The client certificate chain of an mTLS connection (leaf first), as the TLS listener leaves it

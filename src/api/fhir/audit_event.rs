@@ -113,8 +113,10 @@ pub fn resource(event: &AuditEvent) -> Value {
         "agent": [agent],
         "source": {"observer": {"display": "nrl-registry"}, "type": [{
             "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
-        "entity": entities,
     });
+    if !entities.is_empty() {
+        resource["entity"] = json!(entities);
+    }
     if let Some(cursor) = event.cursor.as_deref().filter(|c| is_fhir_id(c)) {
         resource["id"] = json!(cursor);
     }

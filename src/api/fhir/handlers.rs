@@ -7,7 +7,7 @@ use super::document_reference::{self, etag, instant, ReadContext, Submission};
 use super::outcome::{expression_of, fhir_json, success, FhirError, SpineCode};
 use super::search::{self, Parameters};
 use super::{Base, FhirApi};
-use crate::auth::{Caller, Scope};
+use crate::auth::{policy, Caller, Scope};
 use crate::domain::rules::IMMUTABLE_ON_UPDATE;
 use crate::domain::{Pointer, PointerId, RegionCode};
 use crate::error::RegistryError;
@@ -219,9 +219,14 @@ pub async fn update(
         return Err(refused(&api, &caller, "UpdatePointer", error).await);
     }
     if !submission.replaces.is_empty() {
-        // relatesTo is fixed when a pointer is created; a PUT may repeat it, never change it.
-        let stored = api.registry.get(&caller, id).await?;
-        if stored.supersedes != submission.replaces {
+        // relatesTo is fixed when a pointer is created; a PUT may repeat it, never change it. The
+        // stored pointer is looked at, not read for the caller: a read would need read rights and
+        // a purpose of use that a producer's update does not, and would be audited as a second
+        // access. And only when the caller may change it, so that any other update is refused by
+        // the registry exactly as its gRPC twin is, revealing nothing of the pointer.
+        let stored = api.registry.store().get(id).await.map_err(RegistryError::from)?;
+        let writable = stored.filter(|s| policy::check_write(&caller, &s.draft).is_ok());
+        if writable.is_some_and(|stored| stored.supersedes != submission.replaces) {
             let error = FhirError::invalid(
                 SpineCode::InvalidResource,
                 "DocumentReference.relatesTo",

@@ -4,14 +4,12 @@
 //! variable. Then `nrl` exits 64.
 
 use crate::admin::AdminConfig;
-use crate::api::fhir::FhirConfig;
-use crate::auth::jwt::{JwtVerifier, VerifyingKey};
-use crate::auth::mtls::ClientDirectory;
 use crate::auth::Authenticator;
 use crate::domain::ReferenceData;
 use crate::domain::{PointerTypeCatalogue, RegionCode, RegionDirectory};
 use crate::limits::{self, ConnectionLimits, LimitsConfig};
 use crate::store::redis::RedisConfig;
+use auth::auth_config;
 use clap::parser::ValueSource;
 use limits_flags::limits_config;
 use std::collections::{BTreeSet, HashMap};
@@ -19,11 +17,17 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::IntErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+mod auth;
+mod fhir_listen;
 mod limits_flags;
+mod tls;
+
+pub use tls::{TlsError, TlsMaterial};
+
+pub use fhir_listen::FhirConfig;
 
 pub const ENV_LISTEN: &str = "NRL_LISTEN";
 pub const ENV_STORE: &str = "NRL_STORE";
@@ -284,11 +288,12 @@ impl StoreConfig {
     }
 }
 
-/// How callers authenticate, and the TLS the server speaks.
+/// How callers authenticate, and the TLS the server speaks: on the gRPC listener and the FHIR
+/// listener alike.
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
     pub authenticator: Authenticator,
-    pub tls: Option<ServerTlsConfig>,
+    pub tls: Option<TlsMaterial>,
 }
 
 impl AuthConfig {
@@ -444,7 +449,8 @@ impl TryFrom<ServeArgs> for ServerConfig {
             })
             .map_err(|e| problems.push(e))
             .unwrap_or_default();
-        let fhir_listen = fhir_listen(&args, listen, auth.as_ref()).map_err(|e| problems.push(e)).unwrap_or_default();
+        let fhir_listen =
+            fhir_listen::address(&args, listen, auth.as_ref()).map_err(|e| problems.push(e)).unwrap_or_default();
         let node = node_config(&args, regions.as_ref()).map_err(|e| problems.extend(e)).ok();
         match (listen, store, regions, pointer_types, auth, node) {
             (Some(listen), Some(store), Some(regions), Some(pointer_types), Some(auth), Some(node))
@@ -474,30 +480,6 @@ impl TryFrom<ServeArgs> for ServerConfig {
             }
             _ => Err(ConfigError(problems)),
         }
-    }
-}
-
-/// The FHIR listener's address: none for `off`; on loopback only while authentication is off;
-/// never the gRPC address.
-fn fhir_listen(
-    args: &ServeArgs,
-    grpc: Option<SocketAddr>,
-    auth: Option<&AuthConfig>,
-) -> Result<Option<SocketAddr>, String> {
-    let name = args.name("fhir_listen");
-    let listen =
-        AdminConfig::parse_listen(&args.fhir_listen).map_err(|e| format!("{name}={:?}: {e}", args.fhir_listen))?;
-    match listen {
-        Some(fhir) if Some(fhir) == grpc && fhir.port() != 0 => {
-            Err(format!("{name}={fhir}: the same address as {}", args.name("listen")))
-        }
-        Some(fhir)
-            if !fhir.ip().is_loopback()
-                && matches!(auth, Some(a) if matches!(a.authenticator, Authenticator::Disabled)) =>
-        {
-            Err(format!("{name}={fhir}: authentication is off, so the FHIR API listens on loopback only"))
-        }
-        listen => Ok(listen),
     }
 }
 
@@ -545,83 +527,6 @@ fn node_config(args: &ServeArgs, directory: Option<&RegionDirectory>) -> Result<
 
 fn read(path: &Path, name: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{name}={}: {e}", path.display()))
-}
-
-/// Authentication from the flags: JWT keys, TLS, mTLS clients. Every problem is reported.
-fn auth_config(args: &ServeArgs) -> Result<AuthConfig, Vec<String>> {
-    let mut problems = Vec::new();
-    let mut keys = Vec::new();
-    if let Some(path) = &args.jwt_hs256_secret_file {
-        match read(path, &args.name("jwt_hs256_secret_file")) {
-            Ok(secret) => keys.push(VerifyingKey::Hs256Secret(secret.trim_ascii().to_vec())),
-            Err(e) => problems.push(e),
-        }
-    }
-    if let Some(path) = &args.jwt_public_key_file {
-        match read(path, &args.name("jwt_public_key_file")) {
-            Ok(pem) => keys.push(VerifyingKey::PublicPem(pem)),
-            Err(e) => problems.push(e),
-        }
-    }
-    let jwt = if keys.is_empty() {
-        None
-    } else {
-        JwtVerifier::new(keys, &args.jwt_issuer, &args.jwt_audience)
-            .map(Arc::new)
-            .map_err(|e| problems.push(format!("JWT: {e}")))
-            .ok()
-    };
-    let (cert_name, key_name) = (args.name("tls_cert_file"), args.name("tls_key_file"));
-    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
-        (Some(cert), Some(key)) => match (read(cert, &cert_name), read(key, &key_name)) {
-            (Ok(cert), Ok(key)) => Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key))),
-            (cert, key) => {
-                problems.extend(cert.err().into_iter().chain(key.err()));
-                None
-            }
-        },
-        (None, None) => None,
-        _ => {
-            problems.push(format!("{cert_name} and {key_name} go together"));
-            None
-        }
-    };
-    let (ca_name, clients_name) = (args.name("tls_client_ca_file"), args.name("mtls_clients_file"));
-    let (tls, mtls) = match (&args.tls_client_ca_file, &args.mtls_clients_file) {
-        (None, None) => (tls, None),
-        (Some(ca), Some(clients)) => {
-            let ca = read(ca, &ca_name).map_err(|e| problems.push(e)).ok();
-            let clients = read(clients, &clients_name)
-                .and_then(|json| {
-                    ClientDirectory::from_json(&String::from_utf8_lossy(&json))
-                        .map_err(|e| format!("{clients_name}: {e}"))
-                })
-                .map_err(|e| problems.push(e))
-                .ok();
-            match (tls, ca) {
-                (Some(tls), Some(ca)) => (
-                    // Client certificates are optional when bearer tokens are also accepted.
-                    Some(tls.client_ca_root(Certificate::from_pem(ca)).client_auth_optional(jwt.is_some())),
-                    clients.map(Arc::new),
-                ),
-                (None, _) => {
-                    problems.push(format!("{ca_name} needs {cert_name} and {key_name}"));
-                    (None, None)
-                }
-                (tls, None) => (tls, None),
-            }
-        }
-        _ => {
-            problems.push(format!("{ca_name} and {clients_name} go together"));
-            (tls, None)
-        }
-    };
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    let authenticator =
-        if jwt.is_none() && mtls.is_none() { Authenticator::Disabled } else { Authenticator::Enabled { jwt, mtls } };
-    Ok(AuthConfig { authenticator, tls })
 }
 
 #[cfg(test)]
@@ -796,6 +701,46 @@ mod tests {
         assert!(err.to_string().contains("32 bytes"), "{err}");
         let err = parse(&["--tls-client-ca-file", &secret]).expect_err("CA without clients file");
         assert!(err.to_string().contains(ENV_MTLS_CLIENTS_FILE), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn tls_files_are_checked_before_serving_each_problem_naming_its_flag() {
+        let dir = std::env::temp_dir().join(format!("nrl-config-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            path.to_string_lossy().to_string()
+        };
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+        let ca = rcgen::generate_simple_self_signed(vec!["client CA".to_string()]).expect("CA");
+        let cert = write("cert.pem", &server.cert.pem());
+        let key = write("key.pem", &server.signing_key.serialize_pem());
+        let ca = write("ca.pem", &ca.cert.pem());
+        let clients =
+            write("clients.json", r#"{"clients": [{"common_name": "a", "org": "RR8", "roles": ["producer"]}]}"#);
+        let garbage = write("garbage.pem", "not PEM at all");
+
+        let config = parse(&["--tls-cert-file", &cert, "--tls-key-file", &key]).expect("TLS");
+        let tls = config.auth.tls.expect("TLS configured");
+        assert!(!tls.requests_client_certificates());
+        assert_eq!(tls.http().alpn_protocols, vec![b"http/1.1".to_vec()], "the FHIR listener's TLS");
+        let mtls = ["--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-client-ca-file", &ca];
+        let config = parse(&[&mtls[..], &["--mtls-clients-file", &clients]].concat()).expect("mTLS");
+        assert!(config.auth.tls.expect("TLS configured").requests_client_certificates());
+        assert!(matches!(config.auth.authenticator, Authenticator::Enabled { jwt: None, mtls: Some(_) }));
+
+        let err = parse(&["--tls-cert-file", &garbage, "--tls-key-file", &key]).expect_err("bad certificate");
+        assert!(err.to_string().contains("--tls-cert-file: no PEM certificate"), "{err}");
+        let err = parse(&["--tls-cert-file", &cert, "--tls-key-file", &garbage]).expect_err("bad key");
+        assert!(err.to_string().contains("--tls-key-file: the key file holds no PEM private key"), "{err}");
+        let bad_ca = [&mtls[..4], &["--tls-client-ca-file", &garbage, "--mtls-clients-file", &clients]].concat();
+        let err = parse(&bad_ca).expect_err("bad client CA");
+        assert!(err.to_string().contains("--tls-client-ca-file: the client CA file"), "{err}");
+        let err = parse(&["--tls-client-ca-file", &ca, "--mtls-clients-file", &clients]).expect_err("CA, no TLS");
+        let needs = "--tls-client-ca-file needs --tls-cert-file/NRL_TLS_CERT_FILE and --tls-key-file/NRL_TLS_KEY_FILE";
+        assert!(err.to_string().contains(needs), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -20,7 +20,7 @@ pub(crate) mod fixtures;
 pub use nhs_number::{NhsNumber, NhsNumberError, TEST_RANGE};
 pub use ods_code::{OdsCode, OdsCodeError};
 pub use pointer::{
-    Content, ContentFormat, ContentType, ContentUrl, Pointer, PointerDraft, PointerStatus, ProducerReference,
+    Asid, Content, ContentFormat, ContentType, ContentUrl, Pointer, PointerDraft, PointerStatus, ProducerReference,
     RetrievalMechanism, Stability,
 };
 pub use pointer_id::{PointerId, PointerIdCodec};

@@ -6,14 +6,14 @@
 //!   full or the process runs out of file descriptors.
 //! - [`accept`]: the accept loop of both listeners: it admits connections through
 //!   [`connection::Connections`], and backs off (instead of spinning) when `accept` fails.
-//! - [`admission`]: the per-call tower layer of the gRPC server: the request-metadata size limit,
-//!   the global in-flight cap (excess refused at once with a retry hint) and the request deadline
-//!   (answered DEADLINE_EXCEEDED).
+//!
+//! The per-call limits are at each edge, since each answers in its own protocol:
+//! `api::grpc::admission` (the request-metadata size limit, the in-flight cap with a retry hint,
+//! the request deadline answered DEADLINE_EXCEEDED) and the FHIR listener's `admit` middleware.
 //!
 //! The size limits of the API's messages are elsewhere, in `domain::limits`.
 
 pub mod accept;
-pub mod admission;
 pub mod connection;
 
 use std::time::Duration;

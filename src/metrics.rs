@@ -10,6 +10,8 @@
 //! - `limits` counts the connections it holds, refuses and closes, and the calls it sheds.
 //! - The store's metering decorator (`store/metered.rs`) times every store call with these series.
 
+pub mod federation;
+pub mod fhir;
 pub mod rpc;
 
 use prometheus_client::encoding::text::encode;
@@ -144,6 +146,8 @@ pub struct Metrics {
     accept_errors: Family<ListenerReasonLabels, Counter>,
     calls_shed: Counter,
     refusals: Family<Refusal, Counter>,
+    federation: federation::FederationMetrics,
+    fhir: fhir::FhirMetrics,
 }
 
 impl Metrics {
@@ -248,6 +252,8 @@ impl Metrics {
             "Calls refused or failed (any outcome but OK), recorded in the audit export only, by operation and gRPC code",
             refusals.clone(),
         );
+        let federation = federation::FederationMetrics::register(&mut registry);
+        let fhir = fhir::FhirMetrics::register(&mut registry);
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -275,6 +281,8 @@ impl Metrics {
             accept_errors,
             calls_shed,
             refusals,
+            federation,
+            fhir,
         }
     }
 
@@ -283,6 +291,16 @@ impl Metrics {
         let mut text = String::new();
         encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+
+    /// The FHIR listener's requests.
+    pub fn fhir(&self) -> &fhir::FhirMetrics {
+        &self.fhir
+    }
+
+    /// The national node's follow state of each regional feed.
+    pub fn federation(&self) -> &federation::FederationMetrics {
+        &self.federation
     }
 
     /// The gRPC methods the server serves, which bound every method label.

@@ -4,6 +4,7 @@
 use crate::admin::AdminServer;
 use crate::api;
 use crate::api::fhir::{FhirApi, FhirLimits};
+use crate::api::grpc::admission::AdmissionLayer;
 use crate::api::grpc::budget::CallBudgetLayer;
 use crate::api::grpc::peer_client::GrpcRegionalFeed;
 use crate::clock::SystemClock;
@@ -11,7 +12,6 @@ use crate::config::{ServerConfig, StoreConfig};
 use crate::federation::follower;
 use crate::federation::peers::Peers;
 use crate::limits::accept::{self, Acceptor};
-use crate::limits::admission::AdmissionLayer;
 use crate::limits::connection::Listener;
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
@@ -127,11 +127,11 @@ pub async fn run(
     let followers = if config.node.national_index {
         tracing::info!(regional_nodes = peers.regions().count(), "national node: following regional change feeds");
         let feed = GrpcRegionalFeed::new(peers.clone(), config.node.peer_token.clone(), reference.clone());
-        follower::spawn(&peers, stores.index.clone(), Arc::new(feed))
+        follower::spawn(&peers, stores.index.clone(), Arc::new(feed), admin.metrics().clone())
     } else {
         Vec::new()
     };
-    let (fhir_stop, fhir_task) = start_fhir(&config, &registry, admin.connections()).await?;
+    let (fhir_stop, fhir_task) = start_fhir(&config, &registry, admin.metrics(), admin.connections()).await?;
     let routes = Routes::new(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
     let routes = api::grpc::add_services(routes, &registry, peers, config.auth.authenticator.clone());
 
@@ -153,8 +153,8 @@ pub async fn run(
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .http2_max_header_list_size(limits.max_header_list_bytes);
-    if let Some(tls) = config.auth.tls.clone() {
-        builder = builder.tls_config(tls.timeout(limits.connections.handshake_timeout))?;
+    if let Some(tls) = &config.auth.tls {
+        builder = builder.tls_config(tls.grpc().timeout(limits.connections.handshake_timeout))?;
     }
     // No `Server::timeout`: the admission layer keeps the request timeout and answers
     // DEADLINE_EXCEEDED (tonic's answers CANCELLED).
@@ -219,6 +219,7 @@ pub async fn run(
 async fn start_fhir(
     config: &ServerConfig,
     registry: &Registry,
+    metrics: &Arc<Metrics>,
     connections: &Arc<crate::limits::connection::Connections>,
 ) -> Result<(tokio::sync::watch::Sender<bool>, Option<tokio::task::JoinHandle<()>>), ServeError> {
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -232,17 +233,22 @@ async fn start_fhir(
         store_budget: store_budget(config),
         max_body_bytes: api::fhir::MAX_BODY_BYTES,
     };
-    let api = FhirApi::new(registry.clone(), config.auth.authenticator.clone(), limits, config.auth.tls.is_some());
-    tracing::info!(fhir_listen = %bound, "FHIR R4 API serving under /FHIR/R4, /producer/FHIR/R4, /consumer/FHIR/R4");
+    let api = FhirApi::new(registry.clone(), config.auth.authenticator.clone(), limits, config.auth.tls.is_some())
+        .with_metrics(metrics.clone());
+    // The same certificates, and the same client-certificate rule, as the gRPC listener.
+    let tls = config.auth.tls.as_ref().map(|tls| tls.http());
+    tracing::info!(
+        fhir_listen = %bound,
+        tls = tls.is_some(),
+        "FHIR R4 API serving under /FHIR/R4, /producer/FHIR/R4, /consumer/FHIR/R4"
+    );
     let connection_limits = grpc_connection_limits(config);
     let connections = connections.clone();
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        if let Err(e) = api::fhir::serve(listener, api, connection_limits, connections, shutdown).await {
-            tracing::error!(error = %e, "FHIR listener failed");
-        }
+        api::fhir::serve(listener, api, tls, connection_limits, connections, shutdown).await;
     });
     Ok((stop, Some(task)))
 }

@@ -60,7 +60,7 @@ async fn with_server(backend: Backend, scenario: impl AsyncFnOnce(&TestServer)) 
 }
 
 // The scenario modules, so the list below reads `module::scenario`.
-use scenarios::{batch, create, locate, search, supersede, update_delete, validation};
+use scenarios::{batch, create, locate, search, ssp, supersede, update_delete, validation};
 
 on_every_backend!(with_server; [
     create::create_and_get_round_trip,
@@ -83,6 +83,8 @@ on_every_backend!(with_server; [
     batch::batch_reports_one_outcome_per_entry_in_order,
     batch::batch_size_is_bounded,
     locate::locate_lists_regions_with_counts_and_endpoints,
+    ssp::an_ssp_pointer_keeps_its_asid_through_every_read_and_write,
+    ssp::ssp_content_without_an_asid_is_refused_naming_the_field,
 ]);
 
 async fn health_of(client: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {

@@ -266,7 +266,10 @@ fn create_get_recreate_supersede_and_delete() {
     let server = TestServer::start();
     let dir = scratch("lifecycle");
     let first = write(&dir, "first.json", &pointer_file("DOC-1", "https://qwo.example.nhs.uk/doc/1"));
-    let second = write(&dir, "second.json", &pointer_file("DOC-2", "https://qwo.example.nhs.uk/doc/2"));
+    // The replacement is fetched through the Spine Secure Proxy, from the system it names.
+    let second = pointer_file("DOC-2", "ssp://spine.example.nhs.uk/qwo/doc/2")
+        .replace(r#""producer_reference""#, r#""related_asid": "200000000123", "producer_reference""#);
+    let second = write(&dir, "second.json", &second);
 
     let created = server.nrl(&["create", &first]).ok();
     let id = headline_id(&created, "created pointer ");
@@ -281,6 +284,7 @@ fn create_get_recreate_supersede_and_delete() {
     assert_eq!(str_of(&got, "/pointer/document_date"), "2025-03-04T10:00:00Z");
     assert_eq!(str_of(&got, "/pointer/category/display"), "Care plan");
     assert_eq!(u64_of(&got, "/pointer/version"), 1);
+    assert_eq!(str_of(&got, "/pointer/related_asid"), "");
 
     let repeat = server.nrl(&["create", &first]).ok();
     assert_eq!(headline_id(&repeat, "existing pointer "), id);
@@ -298,6 +302,11 @@ fn create_get_recreate_supersede_and_delete() {
     let new_id = headline_id(&superseded, "created pointer ");
     assert_ne!(new_id, id);
     assert!(superseded.stdout.contains(&format!("superseded {id} (now SUPERSEDED, version 2)")), "{superseded:#?}");
+    let row = |line: &str| line.split_whitespace().eq(["related_asid", "200000000123"]);
+    assert!(superseded.stdout.lines().any(row), "{superseded:#?}");
+    let replacement = server.json(&["get", &new_id]);
+    assert_eq!(str_of(&replacement, "/pointer/related_asid"), "200000000123");
+    assert_eq!(str_of(&replacement, "/pointer/content/0/url"), "ssp://spine.example.nhs.uk/qwo/doc/2");
     let old = server.json(&["get", &id]);
     assert_eq!(str_of(&old, "/pointer/status"), "SUPERSEDED");
     assert_eq!(str_of(&old, "/pointer/superseded_by"), new_id);
@@ -422,6 +431,10 @@ fn server_errors_print_the_code_and_exit_1() {
         ),
         "{suffix:#?}"
     );
+    let file = write(&dir, "ssp.json", &pointer_file("DOC-SSP", "ssp://spine.example.nhs.uk/qwo/1"));
+    let no_asid = server.nrl(&["create", &file]);
+    assert_eq!(no_asid.code, Some(1), "{no_asid:#?}");
+    assert!(no_asid.stderr.starts_with("nrl create: INVALID_ARGUMENT: pointer.related_asid: "), "{no_asid:#?}");
 }
 
 #[test]

@@ -91,6 +91,7 @@ fn drafts(reference: &ReferenceData, patients: std::ops::Range<usize>) -> Vec<Po
                 practice_setting: None,
                 document_date: Utc.timestamp_opt(1_700_000_000 + p as i64, 0).single(),
                 producer_reference: ProducerReference::parse(&reference).ok(),
+                related_asid: None,
             });
         }
     }

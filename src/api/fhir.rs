@@ -4,44 +4,49 @@
 //! Served under `/FHIR/R4/` and NRLF's own prefixes `/producer/FHIR/R4/` and `/consumer/FHIR/R4/`,
 //! so an NRLF client changes only its base URL. Each request passes, outermost first:
 //! - request ids: `X-Request-ID` (else `X-Correlation-ID`) echoed when log-safe, else a new one;
-//! - admission: the in-flight cap (429 + `Retry-After`), the request deadline (504) and the call's
-//!   store budget, content negotiation (406, 415) and the body limit (413);
+//! - admission: the in-flight cap (429 + `Retry-After`), the request deadline (504; 408 for a body
+//!   not all sent by it) and the call's store budget, content negotiation (406, 415) and the body
+//!   limit (413);
 //! - authentication (not for `metadata` and `_status`): the same credentials as gRPC, through the
 //!   same `auth::Authenticator`.
 //!
-//! Modules: [`handlers`] (one per interaction), [`document_reference`] (the resource ↔ pointer
-//! mapping), [`search`] (parameters and Bundles), [`audit_event`] (the access log),
-//! [`capability`] (`/metadata`), [`outcome`] (the one error → HTTP + OperationOutcome map),
-//! [`codes`] (systems and urls).
+//! The listener ([`listener`]) speaks TLS when the gRPC listener does, from the same certificates,
+//! and an mTLS client certificate identifies its caller as on gRPC.
+//!
+//! Modules: [`listener`] (connections, TLS), [`handlers`] (one per interaction),
+//! [`document_reference`] (the resource ↔ pointer mapping), [`search`] (parameters and Bundles),
+//! [`audit_event`] (the access log), [`capability`] (`/metadata`), [`outcome`] (the one error →
+//! HTTP + OperationOutcome map), [`codes`] (systems and urls).
 
 pub mod audit_event;
 mod capability;
 pub mod codes;
 pub mod document_reference;
 mod handlers;
+mod listener;
 pub mod outcome;
 pub mod search;
 
+pub use listener::serve;
+
 use crate::auth::{Authenticator, Credentials, END_USER_HEADER, PURPOSE_HEADER};
-use crate::limits::accept::{Acceptor, Refusal};
-use crate::limits::connection::{CallBody, ConnectionKey, Connections, Listener};
-use crate::limits::ConnectionLimits;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::budget;
 use crate::telemetry::{self, CORRELATION_ID_HEADER, REQUEST_ID_HEADER};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use outcome::{FhirError, SpineCode};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -50,14 +55,6 @@ pub const BASE_PATHS: [&str; 3] = ["/FHIR/R4", "/producer/FHIR/R4", "/consumer/F
 /// The largest request body taken (a DocumentReference with the most content is a few KB).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_FHIR_LISTEN: &str = "127.0.0.1:8080";
-
-/// Where the FHIR listener goes (`listen: None`: off), and the address it bound.
-#[derive(Clone, Debug, Default)]
-pub struct FhirConfig {
-    pub listen: Option<std::net::SocketAddr>,
-    /// Reports the address actually bound, for listening on port 0 (tests).
-    pub bound: crate::admin::BoundAddress,
-}
 
 /// What the FHIR edge holds: the registry and how to authenticate, and its limits.
 #[derive(Clone)]
@@ -70,6 +67,7 @@ pub struct FhirApi {
     in_flight: Arc<Semaphore>,
     /// `https` when the listener speaks TLS.
     scheme: &'static str,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The per-request limits of the FHIR listener.
@@ -91,7 +89,38 @@ impl FhirApi {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             limits,
             scheme: if tls { "https" } else { "http" },
+            metrics: None,
         }
+    }
+
+    /// Counts every request in `metrics` (`nrl_fhir_requests`, `nrl_fhir_request_duration`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+/// Which interaction a request is, as the metrics label it: one of a fixed set.
+fn interaction(method: &Method, path: &str) -> &'static str {
+    let rest = BASE_PATHS.iter().filter_map(|base| path.strip_prefix(base)).min_by_key(|rest| rest.len());
+    let Some(rest) = rest else { return "other" };
+    match (method.as_str(), rest) {
+        ("GET", "/DocumentReference") | ("POST", "/DocumentReference/_search") => "search",
+        ("POST", "/DocumentReference") => "create",
+        ("PUT", "/DocumentReference") => "create-with-id",
+        ("GET", "/DocumentReference/_count") => "count",
+        ("GET", "/AuditEvent") => "audit-event",
+        ("GET", "/metadata") => "capabilities",
+        ("GET", "/_status") => "status",
+        (method, rest) => match rest.strip_prefix("/DocumentReference/") {
+            Some(id) if !id.is_empty() && !id.contains('/') => match method {
+                "GET" => "read",
+                "PUT" => "update",
+                "DELETE" => "delete",
+                _ => "other",
+            },
+            _ => "other",
+        },
     }
 }
 
@@ -127,41 +156,15 @@ pub fn router(api: FhirApi) -> Router {
         .fallback(unknown_path)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), admit))
-        .layer(middleware::from_fn(request_ids))
+        .layer(middleware::from_fn_with_state(api.clone(), request_ids))
         .with_state(api)
-}
-
-/// Serves the FHIR API on `listener` until `shutdown` resolves, with the listener's connection
-/// limits (`Listener::Fhir` in the shared connection table).
-pub async fn serve(
-    listener: TcpListener,
-    api: FhirApi,
-    limits: ConnectionLimits,
-    connections: Arc<Connections>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let acceptor = Acceptor::new(listener, Listener::Fhir, limits, connections.clone()).refusing_with(Refusal::Http1);
-    let app = router(api)
-        .layer(middleware::from_fn_with_state(connections, track_call))
-        .into_make_service_with_connect_info::<ConnectionKey>();
-    axum::serve(acceptor, app).with_graceful_shutdown(shutdown).await
-}
-
-/// Marks the request's connection busy until its response is sent, so the idle deadline does not
-/// cut it off mid-answer.
-async fn track_call(
-    State(connections): State<Arc<Connections>>,
-    ConnectInfo(key): ConnectInfo<ConnectionKey>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let call = connections.call_started(key);
-    next.run(request).await.map(|body| Body::new(CallBody::new(body, call)))
 }
 
 /// The request id, echoed with the caller's correlation id (each only when log-safe), and a span
 /// for the request. The path is logged only when it cannot hold an NHS number; the query never.
-async fn request_ids(request: Request, next: Next) -> Response {
+async fn request_ids(State(api): State<FhirApi>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let interaction = interaction(request.method(), request.uri().path());
     let id = telemetry::request_id(request.headers());
     let correlation = request
         .headers()
@@ -173,7 +176,22 @@ async fn request_ids(request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let path = if telemetry::has_digit_run(path) || path.len() > 200 { telemetry::REDACTED } else { path };
     let span = tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path, caller_org = tracing::field::Empty);
-    let mut response = next.run(request).instrument(span).await;
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    if let Some(metrics) = &api.metrics {
+        metrics.fhir().answered(interaction, status, elapsed);
+    }
+    // The access line, as the gRPC edge writes one per call (`nrl_registry::access`): warn for the
+    // server's failures, debug otherwise.
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if response.status().is_server_error() {
+            tracing::warn!(target: "nrl_registry::access", interaction, http_status = status, duration_ms, "request failed");
+        } else {
+            tracing::debug!(target: "nrl_registry::access", interaction, http_status = status, duration_ms, "request finished");
+        }
+    });
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert(REQUEST_ID_HEADER, value);
@@ -203,35 +221,64 @@ fn accepts_json(request: &Request) -> bool {
 /// The in-flight cap, the deadline and store budget, content negotiation and the body limit; and
 /// the request's [`Base`].
 async fn admit(State(api): State<FhirApi>, request: Request, next: Next) -> Response {
+    let unread_body = carries_body(&request);
     let Ok(_permit) = api.in_flight.clone().try_acquire_owned() else {
-        return FhirError {
-            retry_after: Some(1),
-            ..FhirError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "throttled",
-                SpineCode::TooManyRequests,
-                "server busy: too many requests in flight; retry in a second",
-            )
-        }
-        .into_response();
+        return closing_if(
+            unread_body,
+            FhirError {
+                retry_after: Some(1),
+                ..FhirError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "throttled",
+                    SpineCode::TooManyRequests,
+                    "server busy: too many requests in flight; retry in a second",
+                )
+            }
+            .into_response(),
+        );
     };
     if !accepts_json(&request) {
-        return FhirError::new(
-            StatusCode::NOT_ACCEPTABLE,
-            "not-supported",
-            SpineCode::NotAcceptable,
-            "only application/fhir+json (or application/json) is served",
-        )
-        .at("Accept")
-        .into_response();
+        return closing_if(
+            unread_body,
+            FhirError::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "not-supported",
+                SpineCode::NotAcceptable,
+                "only application/fhir+json (or application/json) is served",
+            )
+            .at("Accept")
+            .into_response(),
+        );
     }
+    // One deadline for the whole request, its body included: a client that stops sending its
+    // body must not hold a place in flight for longer than any other request may.
+    let timeout = api.limits.request_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let (mut parts, body) = request.into_parts();
     let limit = api.limits.max_body_bytes;
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return too_large(limit);
-    }
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else { return too_large(limit) };
+    let bytes = match receive(body, limit, declared, deadline).await {
+        Received::Body(bytes) => bytes,
+        Received::TooLarge { drained } => return closing_if(!drained, too_large(limit)),
+        Received::Late => {
+            let error = FhirError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                SpineCode::Timeout,
+                format!("the request body did not arrive within {} ms", timeout.as_millis()),
+            );
+            return closing_if(true, error.into_response());
+        }
+        Received::Broken => {
+            let error = FhirError::new(
+                StatusCode::BAD_REQUEST,
+                "structure",
+                SpineCode::BadRequest,
+                "the body could not be read",
+            );
+            return closing_if(true, error.into_response());
+        }
+    };
     if matches!(parts.method, Method::POST | Method::PUT) && !bytes.is_empty() {
         let kind = parts.headers.get(header::CONTENT_TYPE).map(media_type).unwrap_or_default();
         let form = parts.uri.path().ends_with("/_search") && kind == "application/x-www-form-urlencoded";
@@ -259,9 +306,9 @@ async fn admit(State(api): State<FhirApi>, request: Request, next: Next) -> Resp
     let prefix = BASE_PATHS.iter().filter(|b| path.starts_with(**b)).max_by_key(|b| b.len()).unwrap_or(&BASE_PATHS[0]);
     parts.extensions.insert(Base { url: format!("{}://{host}{prefix}", api.scheme) });
     let request = Request::from_parts(parts, Body::from(bytes));
-    let timeout = api.limits.request_timeout;
-    let call = budget::within(api.limits.store_budget.min(timeout), next.run(request));
-    match tokio::time::timeout(timeout, call).await {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let call = budget::within(api.limits.store_budget.min(left), next.run(request));
+    match tokio::time::timeout_at(deadline, call).await {
         Ok(response) => response,
         Err(_) => FhirError::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -283,7 +330,75 @@ fn too_large(limit: usize) -> Response {
     .into_response()
 }
 
-/// The client certificate chain of an mTLS connection, as the TLS listener leaves it.
+/// A body over the limit is still read, and dropped, up to this much: the client is most likely
+/// still sending it, and one that is answered before it has finished sees its connection reset
+/// rather than the 413. Past this (declared, or sent), the answer comes at once and the
+/// connection closes.
+const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What became of a request body.
+enum Received {
+    Body(Bytes),
+    /// Over the limit; `drained` when all of it was read (the connection can take another request).
+    TooLarge {
+        drained: bool,
+    },
+    /// Not all there by the request's deadline.
+    Late,
+    /// The connection failed mid-body.
+    Broken,
+}
+
+/// Reads a body of at most `limit` bytes by `deadline` (see [`DRAIN_BYTES`] for one over it).
+async fn receive(body: Body, limit: usize, declared: Option<u64>, deadline: tokio::time::Instant) -> Received {
+    if declared.is_some_and(|n| n > DRAIN_BYTES) {
+        return Received::TooLarge { drained: false };
+    }
+    let mut stream = body.into_data_stream();
+    let mut bytes = BytesMut::new();
+    let mut seen: u64 = 0;
+    loop {
+        let over = seen > limit as u64;
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) if over => return Received::TooLarge { drained: false },
+            Err(_) => return Received::Late,
+            Ok(None) if over => return Received::TooLarge { drained: true },
+            Ok(None) => return Received::Body(bytes.freeze()),
+            Ok(Some(Err(_))) => return Received::Broken,
+            Ok(Some(Ok(chunk))) => {
+                seen += chunk.len() as u64;
+                if seen > DRAIN_BYTES {
+                    return Received::TooLarge { drained: false };
+                }
+                if seen <= limit as u64 {
+                    bytes.extend_from_slice(&chunk);
+                } else if !bytes.is_empty() {
+                    bytes = BytesMut::new();
+                }
+            }
+        }
+    }
+}
+
+/// Whether the request says a body follows (a length above zero, or chunks).
+fn carries_body(request: &Request) -> bool {
+    let headers = request.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|n| n.trim() != "0")
+}
+
+/// An answer given before the request's body was read says `Connection: close`: the server
+/// closes such a connection after answering (what is left of the body cannot be told from the
+/// next request), and an HTTP/1.1 client not told so would send its next request on it and fail.
+fn closing_if(unread_body: bool, mut response: Response) -> Response {
+    if unread_body {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// The client certificate chain of an mTLS connection (leaf first), as the TLS listener leaves it
+/// on each request: only a chain the handshake verified against the client CA.
 #[derive(Clone, Debug)]
 pub struct PeerCertificates(pub Arc<Vec<Vec<u8>>>);
 
@@ -341,4 +456,33 @@ async fn method_not_allowed() -> Response {
         "this endpoint does not take that method (see /metadata)",
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_its_interaction_label_and_nothing_else_leaks_into_one() {
+        let cases = [
+            (Method::GET, "/FHIR/R4/DocumentReference", "search"),
+            (Method::POST, "/consumer/FHIR/R4/DocumentReference/_search", "search"),
+            (Method::POST, "/producer/FHIR/R4/DocumentReference", "create"),
+            (Method::PUT, "/FHIR/R4/DocumentReference", "create-with-id"),
+            (Method::GET, "/FHIR/R4/DocumentReference/_count", "count"),
+            (Method::GET, "/FHIR/R4/DocumentReference/abc", "read"),
+            (Method::PUT, "/FHIR/R4/DocumentReference/abc", "update"),
+            (Method::DELETE, "/FHIR/R4/DocumentReference/abc", "delete"),
+            (Method::GET, "/FHIR/R4/AuditEvent", "audit-event"),
+            (Method::GET, "/FHIR/R4/metadata", "capabilities"),
+            (Method::GET, "/producer/FHIR/R4/_status", "status"),
+            (Method::GET, "/FHIR/R4/Patient/9434765919", "other"),
+            (Method::PATCH, "/FHIR/R4/DocumentReference/abc", "other"),
+            (Method::GET, "/elsewhere", "other"),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(interaction(&method, path), expected, "{method} {path}");
+            assert!(crate::metrics::fhir::INTERACTIONS.contains(&expected));
+        }
+    }
 }

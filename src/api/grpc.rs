@@ -5,6 +5,8 @@
 //!   `admin_service` (`nrl.v1.PatientAdmin`, `nrl.v1.AuditLog`), `change_feed_service`
 //!   (`nrl.v1.ChangeFeed`, for peer nodes), `federated_locator_service` (`nrl.v1.FederatedLocator`).
 //! - `interceptor`: authenticates every call to a protected service (`auth::Authenticator`).
+//! - `admission`: the per-call layer in front of every service: the metadata size limit, the
+//!   in-flight cap (RESOURCE_EXHAUSTED with a retry hint), the request deadline.
 //! - `budget`: opens each call's store budget (the store timeout, or the caller's deadline).
 //! - `codec` and `framing`: a request that is not one well-framed, decodable message of its type
 //!   is INVALID_ARGUMENT naming the type, before any handler runs.
@@ -12,6 +14,7 @@
 //! - `peer_client`: the outbound side, calls to other nodes (a region's search, its change feed).
 
 mod admin_service;
+pub mod admission;
 pub mod budget;
 mod change_feed_service;
 pub mod codec;

@@ -37,6 +37,7 @@ pub fn pointer(nhs_number: &str, region: &str, custodian: &str, type_code: &str)
             practice_setting: None,
             document_date: None,
             producer_reference: None,
+            related_asid: None,
         },
         status: PointerStatus::Current,
         supersedes: vec![],

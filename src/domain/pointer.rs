@@ -111,6 +111,29 @@ impl ContentUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Served through the Spine Secure Proxy. The scheme matches in any case, as url parsing does.
+    pub fn is_ssp(&self) -> bool {
+        self.0.get(..6).is_some_and(|scheme| scheme.eq_ignore_ascii_case("ssp://"))
+    }
+}
+
+/// A Spine Accredited System ID: exactly 12 ASCII digits. NRLF names with one the system that serves
+/// `ssp://` content (`context.related`, identifier system `https://fhir.nhs.uk/Id/nhsSpineASID`).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Asid(String);
+
+impl Asid {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        if input.len() != 12 || !input.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("must be 12 digits (a Spine ASID)".into());
+        }
+        Ok(Self(input.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -141,6 +164,9 @@ pub struct PointerDraft {
     pub practice_setting: Option<Coding>,
     pub document_date: Option<DateTime<Utc>>,
     pub producer_reference: Option<ProducerReference>,
+    /// The ASID of the system that serves the content through the Spine Secure Proxy: required when
+    /// any content url is `ssp://` (`rules::check_draft`), allowed otherwise.
+    pub related_asid: Option<Asid>,
 }
 
 /// A registered pointer.
@@ -189,6 +215,25 @@ mod tests {
         }
         let long = format!("https://example.nhs.uk/{}", "a".repeat(MAX_URL_LEN));
         assert!(ContentUrl::parse(&long).is_err());
+    }
+
+    #[test]
+    fn ssp_urls_are_known_by_their_scheme_in_any_case() {
+        let ssp = |url: &str| ContentUrl::parse(url).map(|u| u.is_ssp());
+        assert_eq!(ssp("ssp://spine.example/records?id=1"), Ok(true));
+        assert_eq!(ssp("SSP://spine.example/records?id=1"), Ok(true), "url parses the scheme in any case");
+        assert_eq!(ssp("https://ssp.example/ssp://x"), Ok(false));
+    }
+
+    #[test]
+    fn an_asid_is_exactly_twelve_ascii_digits() {
+        assert_eq!(Asid::parse("200000000123").map(|a| a.as_str().to_string()), Ok("200000000123".into()));
+        assert!(Asid::parse("000000000000").is_ok(), "leading zeros are digits like any other");
+        for bad in
+            ["", "20000000012", "2000000001234", "20000000012a", " 200000000123", "200000000123 ", "２00000000123"]
+        {
+            assert_eq!(Asid::parse(bad), Err("must be 12 digits (a Spine ASID)".into()), "{bad:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,24 @@ use crate::error::RegistryError;
 pub const IMMUTABLE_ON_UPDATE: [&str; 5] =
     ["pointer.nhs_number", "pointer.region", "pointer.custodian", "pointer.type", "pointer.producer_reference"];
 
+/// What a draft must hold as a whole, whichever edge built it and whatever the operation (create,
+/// batch create, update, supersede): the registry asks this before anything else. `prefix` is where
+/// the request held the draft (`pointer`; empty for a batch entry, whose fields are named from the
+/// entry).
+///
+/// NRLF's DocumentReference profile: content fetched through the Spine Secure Proxy (`ssp://`)
+/// names the ASID of the system serving it, which the proxy routes to.
+pub fn check_draft(draft: &PointerDraft, prefix: &str) -> Result<(), RegistryError> {
+    if draft.related_asid.is_none() && draft.content.iter().any(|c| c.url.is_ssp()) {
+        let field = if prefix.is_empty() { "related_asid".to_string() } else { format!("{prefix}.related_asid") };
+        return Err(RegistryError::invalid(
+            field,
+            "is required for ssp:// content: the 12-digit Spine ASID of the system that serves it",
+        ));
+    }
+    Ok(())
+}
+
 /// May `stored` be updated to `draft` by a caller that read it at `version`?
 pub fn check_updatable(stored: &Pointer, version: u64, draft: &PointerDraft) -> Result<(), RegistryError> {
     let id = stored.id;

@@ -20,6 +20,7 @@
 use super::peers::Peers;
 use crate::domain::{NhsNumber, RegionCode};
 use crate::error::RegistryError;
+use crate::metrics::Metrics;
 use crate::store::index::{IndexUpdate, RegionIndex};
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
@@ -71,12 +72,23 @@ pub trait RegionalFeed: Send + Sync + 'static {
 }
 
 /// Starts a follower for every regional node in `peers`.
-pub fn spawn(peers: &Peers, index: Arc<dyn RegionIndex>, feed: Arc<dyn RegionalFeed>) -> Vec<JoinHandle<()>> {
+/// Each reports how it follows in `metrics` (`nrl_federation_*`).
+pub fn spawn(
+    peers: &Peers,
+    index: Arc<dyn RegionIndex>,
+    feed: Arc<dyn RegionalFeed>,
+    metrics: Arc<Metrics>,
+) -> Vec<JoinHandle<()>> {
     peers
         .regions()
         .map(|(region, url)| {
-            let follower =
-                Follower { region: region.clone(), url: url.to_string(), index: index.clone(), feed: feed.clone() };
+            let follower = Follower {
+                region: region.clone(),
+                url: url.to_string(),
+                index: index.clone(),
+                feed: feed.clone(),
+                metrics: metrics.clone(),
+            };
             tokio::spawn(async move { follower.run().await })
         })
         .collect()
@@ -91,6 +103,7 @@ struct Follower {
     url: String,
     index: Arc<dyn RegionIndex>,
     feed: Arc<dyn RegionalFeed>,
+    metrics: Arc<Metrics>,
 }
 
 impl Follower {
@@ -100,6 +113,10 @@ impl Follower {
         loop {
             let mut applied = 0;
             let outcome = self.follow(&mut applied).await;
+            self.metrics.federation().set_connected(region.as_str(), false);
+            if let Err(error) = &outcome {
+                self.metrics.federation().failed(region.as_str(), error.code_name());
+            }
             if applied > 0 {
                 // The stream was healthy for a while: reconnect quickly, whatever ended it.
                 backoff = MIN_BACKOFF;
@@ -158,12 +175,17 @@ impl Follower {
         };
         let mut stream = self.feed.watch(&self.url, region, after).await?;
         tracing::info!(region = %region, url = %self.url, "following the regional change feed");
+        let metrics = self.metrics.federation();
+        metrics.set_connected(region.as_str(), true);
         while let Some(change) = stream.next().await {
             let change = change?;
+            let mut changed_at = None;
             if let Some(update) = self.apply(change.item, 0).await? {
+                changed_at = update.current.as_ref().map(|entry| entry.updated_at);
                 index.index_changes(&[update]).await?;
             }
             index.set_follow_cursor(region.as_str(), &change.cursor).await?;
+            metrics.applied(region.as_str(), changed_at);
             *applied += 1;
         }
         Ok(())
@@ -193,6 +215,7 @@ impl Follower {
             written += batch.len();
         }
         let removed = index.sweep_region(region, generation).await?;
+        self.metrics.federation().resynced(region.as_str());
         index.set_follow_cursor(region.as_str(), &cursor).await?;
         tracing::info!(region = %region, written, removed, "resynchronised the region from a snapshot");
         Ok(cursor)

@@ -406,6 +406,7 @@ fn pointer_input(nhs: NhsNumber, i: usize, regions: &[String], types: &[String],
         practice_setting: Some(pb::Coding { code: "394802001".into(), display: "General medicine".into() }),
         document_date: Some(prost_types::Timestamp { seconds: 1_714_555_800, nanos: 0 }),
         producer_reference: reference,
+        related_asid: String::new(),
     }
 }
 

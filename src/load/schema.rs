@@ -313,6 +313,18 @@ mod tests {
     }
 
     #[test]
+    fn a_template_names_the_related_asid_by_its_proto_field() {
+        use crate::proto::nrl::v1 as pb;
+        let method = Method::resolve("nrl.v1.PointerRegistry.CreatePointer").expect("resolves");
+        let pointer = json!({"pointer": {"nhs_number": "9434765919", "region": "QWO", "custodian": "RR8",
+            "type": "736253002", "related_asid": "200000000123",
+            "content": [{"url": "ssp://spine.example.nhs.uk/qwo/1", "retrieval_mechanism": "RETRIEVAL_MECHANISM_SSP"}]}});
+        let Payload::Static(bytes) = Payload::build(&method, &pointer).expect("valid") else { panic!("static") };
+        let request = pb::CreatePointerRequest::decode(bytes).expect("decodes");
+        assert_eq!(request.pointer.map(|p| p.related_asid).as_deref(), Some("200000000123"));
+    }
+
+    #[test]
     fn templated_string_fields_are_set_per_call_without_reparsing() {
         use crate::proto::nrl::v1 as pb;
         let method = Method::resolve("nrl.v1.PointerRegistry.BatchCreatePointers").expect("resolves");

@@ -3,7 +3,7 @@
 //! The code of a gRPC call is known only at its end: in the response headers for an error answered
 //! at once (trailers-only), otherwise in the trailers after the last message. So the layer wraps the
 //! response body and settles the call when the body ends or is dropped. The server's own deadline
-//! is answered inside this layer (`limits::admission`, DEADLINE_EXCEEDED), so it is counted from
+//! is answered inside this layer (`api::grpc::admission`, DEADLINE_EXCEEDED), so it is counted from
 //! the status like any other; a call that still ends without a status (the client cancelled it,
 //! or the connection died) is counted as `DEADLINE_EXCEEDED` once its deadline has passed, else
 //! `CANCELLED`.

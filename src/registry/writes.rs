@@ -321,12 +321,21 @@ impl Registry {
         Err(rules::contention())
     }
 
+    /// May `caller` register `draft` on this node? The draft's own rules first (it is the caller's
+    /// input, like what the edge checked), then the caller's permission, then the node's regions.
+    /// `prefix` is where the request held the draft (see `rules::check_draft`).
+    fn admissible(&self, caller: &Caller, draft: &PointerDraft, prefix: &str) -> Result<(), RegistryError> {
+        rules::check_draft(draft, prefix)?;
+        policy::check_write(caller, draft)?;
+        self.check_region(draft)
+    }
+
     // ---- The operations, each authorised and audited ----
 
     pub async fn create(&self, caller: &Caller, draft: PointerDraft) -> Result<Registered, RegistryError> {
         let nhs = draft.nhs_number;
         let call = Call { caller, operation: "CreatePointer" };
-        let result = match policy::check_write(caller, &draft).and_then(|()| self.check_region(&draft)) {
+        let result = match self.admissible(caller, &draft, "pointer") {
             Ok(()) => self.register(&call, draft).await,
             Err(e) => Err(e),
         };
@@ -354,10 +363,7 @@ impl Registry {
         drafts: Vec<Result<PointerDraft, RegistryError>>,
     ) -> Vec<Result<Registered, RegistryError>> {
         let patients: Vec<Option<NhsNumber>> = drafts.iter().map(|d| d.as_ref().ok().map(|d| d.nhs_number)).collect();
-        let checked = drafts
-            .into_iter()
-            .map(|d| d.and_then(|d| policy::check_write(caller, &d).and_then(|()| self.check_region(&d)).map(|()| d)))
-            .collect();
+        let checked = drafts.into_iter().map(|d| d.and_then(|d| self.admissible(caller, &d, "").map(|()| d))).collect();
         let call = Call { caller, operation: "BatchCreatePointers" };
         let results = self.register_batch(&call, checked).await;
         let events = self.batch_events(caller, &results, &patients);
@@ -419,7 +425,7 @@ impl Registry {
         version: Option<u64>,
         draft: PointerDraft,
     ) -> Result<Pointer, RegistryError> {
-        if let Err(refusal) = policy::check_write(caller, &draft) {
+        if let Err(refusal) = rules::check_draft(&draft, "pointer").and_then(|()| policy::check_write(caller, &draft)) {
             // Recorded (in the export) against the patient the caller named.
             return self
                 .audited(caller, "UpdatePointer", draft.nhs_number, Err(refusal), |p: &Pointer| {
@@ -472,7 +478,7 @@ impl Registry {
         old_ids: Vec<PointerId>,
     ) -> Result<Superseded, RegistryError> {
         let nhs = draft.nhs_number;
-        let result = match policy::check_write(caller, &draft).and_then(|()| self.check_region(&draft)) {
+        let result = match self.admissible(caller, &draft, "pointer") {
             Ok(()) => self.replace(caller, draft, old_ids).await,
             Err(e) => Err(e),
         };

@@ -50,6 +50,7 @@ mod authentication;
 mod convergence;
 mod feed;
 mod locate;
+mod metrics;
 mod search;
 mod slow_regions;
 
@@ -146,6 +147,7 @@ fn input_of(pointer: &pb::Pointer) -> pb::PointerInput {
         practice_setting: pointer.practice_setting.clone(),
         document_date: pointer.document_date,
         producer_reference: pointer.producer_reference.clone(),
+        related_asid: pointer.related_asid.clone(),
     }
 }
 

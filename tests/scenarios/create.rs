@@ -18,6 +18,7 @@ pub async fn create_and_get_round_trip(server: &TestServer) {
         retrieval_mechanism: pb::RetrievalMechanism::Direct as i32,
         stability: pb::Stability::Dynamic as i32,
     });
+    sent.related_asid = "200000000123".into();
     let created = client
         .create_pointer(pb::CreatePointerRequest { pointer: Some(sent.clone()) })
         .await
@@ -39,6 +40,7 @@ pub async fn create_and_get_round_trip(server: &TestServer) {
     assert_eq!(pointer.content, sent.content);
     assert_eq!(pointer.practice_setting, sent.practice_setting);
     assert_eq!(pointer.document_date, sent.document_date);
+    assert_eq!(pointer.related_asid, sent.related_asid);
     assert_eq!(pointer.created_at, pointer.updated_at);
 
     let fetched =

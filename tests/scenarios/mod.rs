@@ -6,6 +6,7 @@ pub mod batch;
 pub mod create;
 pub mod locate;
 pub mod search;
+pub mod ssp;
 pub mod supersede;
 pub mod update_delete;
 pub mod validation;

@@ -70,6 +70,13 @@ fn bad_inputs() -> Vec<(&'static str, Mutation, &'static str)> {
         ),
         ("producer reference with spaces", |p| p.producer_reference = "my doc".into(), "pointer.producer_reference"),
         ("overlong producer reference", |p| p.producer_reference = "x".repeat(129), "pointer.producer_reference"),
+        ("short ASID", |p| p.related_asid = "20000000012".into(), "pointer.related_asid"),
+        ("ASID with letters", |p| p.related_asid = "20000000012X".into(), "pointer.related_asid"),
+        (
+            "ssp:// content without an ASID",
+            |p| p.content.push(content("ssp://spine.example.nhs.uk/qwo/1")),
+            "pointer.related_asid",
+        ),
     ]
 }
 

@@ -52,3 +52,30 @@ fn without_authentication_the_server_listens_on_loopback_only() {
     assert_eq!(status.code(), Some(64), "stderr: {stderr}");
     assert!(stderr.contains("loopback"), "says why: {stderr}");
 }
+
+#[test]
+fn without_authentication_the_fhir_listener_is_loopback_only_too() {
+    for remote in ["0.0.0.0:8443", "[::]:8443", "192.0.2.10:8443"] {
+        let err = serve_config(&["--admin-listen", "off", "--fhir-listen", remote]).map(|_| ()).expect_err(remote);
+        assert!(err.contains(&format!("NRL_FHIR_LISTEN={remote}: authentication is off")), "{remote}: {err}");
+        assert!(err.contains("loopback"), "{remote}: {err}");
+    }
+    let config = serve_config(&["--admin-listen", "off", "--fhir-listen", "127.0.0.1:8443"]).expect("loopback");
+    assert_eq!(config.fhir.listen, Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8443))));
+    let config = serve_config(&["--admin-listen", "off", "--fhir-listen", "off"]).expect("off");
+    assert_eq!(config.fhir.listen, None);
+    let err =
+        serve_config(&["--listen", "127.0.0.1:50051", "--admin-listen", "off", "--fhir-listen", "127.0.0.1:50051"])
+            .map(|_| ())
+            .expect_err("the gRPC address");
+    assert!(err.contains("the same address as --listen"), "{err}");
+
+    let dir = TempDir::new("nrl-security-fhir-loopback");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").expect("secret");
+    let secret = secret.display().to_string();
+    let config =
+        serve_config(&["--admin-listen", "off", "--fhir-listen", "0.0.0.0:8443", "--jwt-hs256-secret-file", &secret])
+            .expect("with authentication the FHIR listener may listen anywhere");
+    assert_eq!(config.fhir.listen.map(|a| a.ip().is_unspecified()), Some(true));
+}

@@ -1,7 +1,8 @@
 //! Authentication and authorisation over real sockets: the authorisation matrix (every role × every
 //! RPC × own or other organisation × permitted or unpermitted pointer type), bad tokens, ES256 and
-//! RS256 keys, mTLS client certificates, purpose of use, patient restriction, the loopback-only rule
-//! when authentication is off, and NHS numbers kept out of the logs of the real binary.
+//! RS256 keys, mTLS client certificates (gRPC and FHIR), TLS on the FHIR listener, purpose of use,
+//! patient restriction, the loopback-only rule when authentication is off, and NHS numbers kept out
+//! of the logs of the real binary.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -19,10 +20,10 @@ use testkit::fixtures::*;
 use testkit::nodes::nrl_command;
 use testkit::process::{TempDir, Watched};
 use testkit::TestServer;
-use tonic::transport::ServerTlsConfig;
 use tonic::{Code, Response, Status};
 
 mod authorisation;
+mod fhir_tls;
 mod logs;
 mod loopback;
 mod mtls;

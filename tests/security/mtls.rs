@@ -40,7 +40,7 @@ async fn mtls_client_certificates_identify_registered_callers_only() {
     let mut config = ServerConfig::for_tests();
     config.auth = AuthConfig {
         authenticator: Authenticator::Enabled { jwt: None, mtls: Some(Arc::new(directory)) },
-        tls: Some(ServerTlsConfig::new().identity(pki.server.identity()).client_ca_root(pki.ca())),
+        tls: Some(pki.mtls(false)),
     };
     let server = RawServer::start(config).await;
 

@@ -1,10 +1,10 @@
 //! Credentials for the security and audit tests: HS256 tokens for any role, an interceptor that
 //! sends a token with the purpose of use and end user, clients for all four protected services,
-//! a TLS test server, and a throwaway PKI (rcgen) for mTLS.
+//! a TLS test server, a throwaway PKI (rcgen) for mTLS, and HTTPS clients for the FHIR listener.
 
 use nrl_registry::auth::jwt::{mint_hs256, Claims, JwtVerifier, VerifyingKey};
 use nrl_registry::auth::Authenticator;
-use nrl_registry::config::{AuthConfig, ServerConfig, StoreConfig};
+use nrl_registry::config::{AuthConfig, ServerConfig, StoreConfig, TlsMaterial};
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::audit_log_client::AuditLogClient;
 use nrl_registry::proto::nrl::v1::patient_admin_client::PatientAdminClient;
@@ -285,6 +285,38 @@ impl Pki {
     pub fn ca(&self) -> Certificate {
         Certificate::from_pem(&self.ca_pem)
     }
+
+    /// Server TLS with this PKI's server certificate, without client certificates.
+    pub fn server_tls(&self) -> TlsMaterial {
+        let server = &self.server;
+        TlsMaterial::new(server.cert_pem.clone().into(), server.key_pem.clone().into(), None, false)
+            .expect("the test PKI makes valid server TLS")
+    }
+
+    /// Server TLS asking for client certificates signed by this PKI's CA (`optional`: a client
+    /// may also connect without one, as when bearer tokens are accepted too).
+    pub fn mtls(&self, optional: bool) -> TlsMaterial {
+        let server = &self.server;
+        let ca = Some(self.ca_pem.clone().into());
+        TlsMaterial::new(server.cert_pem.clone().into(), server.key_pem.clone().into(), ca, optional)
+            .expect("the test PKI makes valid mTLS")
+    }
+}
+
+/// An HTTPS client (HTTP/1.1 over rustls) trusting only `ca_pem`, presenting `client` when given.
+pub fn https_client(ca_pem: &str, client: Option<&CertAndKey>) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM");
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .https_only(true)
+        .timeout(Duration::from_secs(10));
+    if let Some(client) = client {
+        let pem = format!("{}{}", client.cert_pem, client.key_pem);
+        builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("client identity PEM"));
+    }
+    builder.build().expect("HTTPS client")
 }
 
 /// A TLS channel to `addr` trusting `ca_pem`, presenting `client` when given.

@@ -48,6 +48,7 @@ pub fn input(nhs_number: &str, region: &str, custodian: &str, type_code: &str) -
         practice_setting: None,
         document_date: None,
         producer_reference: String::new(),
+        related_asid: String::new(),
     }
 }
 

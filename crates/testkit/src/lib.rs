@@ -1,7 +1,8 @@
 //! The test harness of nrl-registry, shared by every test binary in `tests/` and the benchmarks in
 //! `loadtest/benches/`: a real registry server on 127.0.0.1:0 with real gRPC clients over a real
 //! socket ([`TestServer`]), real `redis-server`s ([`redis`]), real `nrl serve` processes
-//! ([`nodes`]), and the fixtures, credentials, writers and audit checks the suites share. Nothing is mocked.
+//! ([`nodes`]), and the fixtures, credentials, writers and audit checks the suites share, and the
+//! FHIR R4 model every FHIR response body is read with ([`fhir`]). Nothing is mocked.
 //!
 //! A crate of its own (dev-only, never published) so that the benchmarks use the same code as the
 //! tests instead of including files by path.
@@ -9,6 +10,7 @@
 pub mod audit_trail;
 pub mod auth;
 pub mod backend;
+pub mod fhir;
 pub mod fixtures;
 pub mod nodes;
 pub mod ports;
@@ -17,6 +19,8 @@ pub mod redis;
 pub mod writer;
 
 pub use backend::Backend;
+/// The HTTP client of the FHIR tests, as the harness builds it (see [`auth::https_client`]).
+pub use reqwest;
 
 use nrl_registry::config::{ServerConfig, StoreConfig};
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;

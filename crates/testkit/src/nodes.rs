@@ -135,19 +135,15 @@ impl NrlNode {
 
     fn launch(&mut self) {
         let mut command = nrl_command();
-        command
-            .env("RUST_LOG", &self.rust_log)
-            // No admin listener: its default port (9090) is shared by every process on the host.
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-                "--admin-listen",
-                "off",
-                "--fhir-listen",
-                "off",
-            ])
-            .args(&self.args);
+        command.env("RUST_LOG", &self.rust_log).args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)]);
+        // No admin or FHIR listener unless the node's arguments ask for one: their default ports
+        // (9090, 8080) are shared by every process on the host.
+        for (flag, off) in [("--admin-listen", "off"), ("--fhir-listen", "off")] {
+            if !self.args.iter().any(|a| a == flag) {
+                command.args([flag, off]);
+            }
+        }
+        command.args(&self.args);
         let process = Watched::spawn(&command, &self.log);
         let _ = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).and_then(|mut f| {
             use std::io::Write;

@@ -120,6 +120,28 @@ NRL_STORE for the chosen topology.
 {{- end }}
 
 {{/*
+Non-empty when the chart generates the development HS256 secret: asked to, and no other
+authentication configured, so any real setting (an identity provider's key, a secret of your own,
+mTLS) replaces it rather than sitting beside it.
+*/}}
+{{- define "nrl-registry.hs256.generated" -}}
+{{- $auth := .Values.auth }}
+{{- if and $auth.jwt.hs256.generate (not (or $auth.jwt.existingSecret $auth.jwt.hs256.existingSecret $auth.mtls.enabled)) }}true{{- end }}
+{{- end }}
+
+{{/*
+The Secret the HS256 secret is mounted from (NRL_JWT_HS256_SECRET_FILE): yours, the generated one,
+or none.
+*/}}
+{{- define "nrl-registry.hs256.secretName" -}}
+{{- if .Values.auth.jwt.hs256.existingSecret }}
+{{- .Values.auth.jwt.hs256.existingSecret }}
+{{- else if include "nrl-registry.hs256.generated" . }}
+{{- printf "%s-dev-jwt" (include "nrl-registry.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/*
 Settings that cannot work together fail the render with the reason, before anything reaches the
 cluster. (values.schema.json checks each value on its own.)
 */}}
@@ -142,8 +164,8 @@ cluster. (values.schema.json checks each value on its own.)
 {{- if and (eq $mode "redisCluster") (not .Values.store.redisCluster.nodes) }}
 {{- fail "store.mode=redisCluster needs store.redisCluster.nodes (host:port of any cluster nodes)" }}
 {{- end }}
-{{- if not (or .Values.auth.jwt.existingSecret .Values.auth.jwt.hs256.existingSecret .Values.auth.mtls.enabled) }}
-{{- fail "the registry listens beyond loopback only with authentication: set auth.jwt.existingSecret (or auth.jwt.hs256.existingSecret for development) and/or auth.mtls.enabled" }}
+{{- if not (or .Values.auth.jwt.existingSecret (include "nrl-registry.hs256.secretName" .) .Values.auth.mtls.enabled) }}
+{{- fail "the registry listens beyond loopback only with authentication: set auth.jwt.existingSecret and/or auth.mtls.enabled (for development: auth.jwt.hs256.existingSecret, or auth.jwt.hs256.generate=true)" }}
 {{- end }}
 {{- if and .Values.auth.mtls.enabled (not .Values.tls.enabled) }}
 {{- fail "auth.mtls.enabled needs tls.enabled and tls.existingSecret" }}

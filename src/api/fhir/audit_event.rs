@@ -114,7 +114,9 @@ pub fn resource(event: &AuditEvent) -> Value {
             "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
     });
     resource["agent"] = Value::Array(vec![agent]);
-    resource["entity"] = Value::Array(entities);
+    if !entities.is_empty() {
+        resource["entity"] = Value::Array(entities);
+    }
     if let Some(cursor) = event.cursor.as_deref().filter(|c| is_fhir_id(c)) {
         resource["id"] = json!(cursor);
     }
@@ -151,7 +153,10 @@ pub fn bundle(page: &EventPage, base: &str, parameters: &Parameters) -> Value {
         .collect();
     let mut bundle = json!({"resourceType": "Bundle", "type": "searchset"});
     bundle["link"] = Value::Array(links);
-    bundle["entry"] = Value::Array(entries);
+    // FHIR JSON has no empty arrays: an empty log page leaves `entry` out.
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
     bundle
 }
 

@@ -11,8 +11,8 @@ use super::codes::*;
 use super::outcome::{FhirError, SpineCode};
 use crate::domain::limits::{MAX_CONTENT, MAX_DISPLAY_LEN, MAX_SUPERSEDES};
 use crate::domain::{
-    Coding, Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, Pointer, PointerDraft, PointerId,
-    PointerStatus, ProducerReference, ReferenceData, RegionCode, RetrievalMechanism, Stability,
+    Asid, Coding, Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, Pointer, PointerDraft,
+    PointerId, PointerStatus, ProducerReference, ReferenceData, RegionCode, RetrievalMechanism, Stability,
 };
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde_json::{json, Value};
@@ -219,7 +219,7 @@ pub fn read(body: &[u8], context: &ReadContext<'_>) -> Result<Submission> {
         .map(|(i, c)| content(c, &format!("content[{i}]")))
         .collect::<Result<Vec<_>>>()?;
 
-    let practice_setting = match input.context.as_ref() {
+    let (practice_setting, related_asid) = match input.context.as_ref() {
         Some(ctx) => {
             if !ctx.modifier_extension.is_empty() {
                 return Err(FhirError::invalid(
@@ -228,9 +228,9 @@ pub fn read(body: &[u8], context: &ReadContext<'_>) -> Result<Submission> {
                     "is not supported",
                 ));
             }
-            ctx.practice_setting.as_ref().map(practice_setting).transpose()?
+            (ctx.practice_setting.as_ref().map(practice_setting).transpose()?, related_asid(&ctx.related)?)
         }
-        None => None,
+        None => (None, None),
     };
     let document_date = input.date.as_deref().map(document_date).transpose()?;
     let producer_reference = match input.master_identifier.as_ref() {
@@ -256,6 +256,7 @@ pub fn read(body: &[u8], context: &ReadContext<'_>) -> Result<Submission> {
             practice_setting,
             document_date,
             producer_reference,
+            related_asid,
         },
         replaces,
     })
@@ -359,6 +360,26 @@ fn practice_setting(concept: &CodeableConcept) -> Result<Coding> {
         ));
     }
     Ok(Coding { code: code.to_string(), display: display.to_string() })
+}
+
+/// The ASID of the system serving SSP content: the one `context.related` identifier of the ASID
+/// system (NRLF's profile). Other related references are accepted and dropped.
+fn related_asid(related: &[Reference]) -> Result<Option<Asid>> {
+    let mut asids = related.iter().enumerate().filter_map(|(i, reference)| {
+        let identifier = reference.identifier.as_ref().filter(|id| id.system.as_deref() == Some(ASID_SYSTEM))?;
+        Some((i, identifier))
+    });
+    let Some((i, identifier)) = asids.next() else { return Ok(None) };
+    if let Some((j, _)) = asids.next() {
+        return Err(FhirError::invalid(
+            SpineCode::InvalidResource,
+            path(&format!("context.related[{j}]")),
+            "only one ASID identifier is allowed",
+        ));
+    }
+    let field = format!("context.related[{i}].identifier.value");
+    let value = required(identifier.value.as_deref(), &field)?;
+    Asid::parse(value).map(Some).map_err(|e| FhirError::invalid(SpineCode::InvalidIdentifierValue, path(&field), e))
 }
 
 fn document_date(input: &str) -> Result<DateTime<Utc>> {
@@ -537,6 +558,9 @@ pub fn resource(pointer: &Pointer) -> Value {
     }
     if let Some(setting) = &draft.practice_setting {
         resource["context"] = json!({"practiceSetting": {"coding": [snomed(setting)]}});
+    }
+    if let Some(asid) = &draft.related_asid {
+        resource["context"]["related"] = json!([{"identifier": {"system": ASID_SYSTEM, "value": asid.as_str()}}]);
     }
     resource
 }

@@ -4,10 +4,11 @@
 use super::audit_event;
 use super::capability;
 use super::document_reference::{self, etag, instant, ReadContext, Submission};
-use super::outcome::{fhir_json, success, FhirError, SpineCode};
+use super::outcome::{expression_of, fhir_json, success, FhirError, SpineCode};
 use super::search::{self, Parameters};
 use super::{Base, FhirApi};
-use crate::auth::{Caller, Scope};
+use crate::auth::{policy, Caller, Scope};
+use crate::domain::rules::IMMUTABLE_ON_UPDATE;
 use crate::domain::{Pointer, PointerId, RegionCode};
 use crate::error::RegistryError;
 use axum::body::Bytes;
@@ -94,6 +95,10 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
         .at("If-Match")
     };
     let text = value.to_str().map_err(|_| bad())?.trim();
+    if text == "*" {
+        // HTTP's "any current version": the same as no If-Match (the pointer must exist).
+        return Ok(None);
+    }
     let text = text.strip_prefix("W/").unwrap_or(text);
     let number = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).ok_or_else(bad)?;
     number.parse::<u64>().ok().filter(|v| *v > 0).map(Some).ok_or_else(bad)
@@ -106,6 +111,18 @@ fn stale_is_412(error: RegistryError, conditional: bool) -> FhirError {
             FhirError::new(StatusCode::PRECONDITION_FAILED, "conflict", SpineCode::PreconditionFailed, message)
         }
         other => other.into(),
+    }
+}
+
+/// An update's refusal. Changing an element fixed at registration refuses the change, not the value
+/// (which may be a valid NHS number, ODS code or type), so it is INVALID_RESOURCE naming the
+/// element, never e.g. INVALID_NHS_NUMBER.
+fn update_refused(error: RegistryError, conditional: bool) -> FhirError {
+    match error {
+        RegistryError::InvalidArgument { field, reason } if IMMUTABLE_ON_UPDATE.contains(&field.as_str()) => {
+            FhirError::invalid(SpineCode::InvalidResource, expression_of(&field), reason)
+        }
+        other => stale_is_412(other, conditional),
     }
 }
 
@@ -202,9 +219,14 @@ pub async fn update(
         return Err(refused(&api, &caller, "UpdatePointer", error).await);
     }
     if !submission.replaces.is_empty() {
-        // relatesTo is fixed when a pointer is created; a PUT may repeat it, never change it.
-        let stored = api.registry.get(&caller, id).await?;
-        if stored.supersedes != submission.replaces {
+        // relatesTo is fixed when a pointer is created; a PUT may repeat it, never change it. The
+        // stored pointer is looked at, not read for the caller: a read would need read rights and
+        // a purpose of use that a producer's update does not, and would be audited as a second
+        // access. And only when the caller may change it, so that any other update is refused by
+        // the registry exactly as its gRPC twin is, revealing nothing of the pointer.
+        let stored = api.registry.store().get(id).await.map_err(RegistryError::from)?;
+        let writable = stored.filter(|s| policy::check_write(&caller, &s.draft).is_ok());
+        if writable.is_some_and(|stored| stored.supersedes != submission.replaces) {
             let error = FhirError::invalid(
                 SpineCode::InvalidResource,
                 "DocumentReference.relatesTo",
@@ -217,7 +239,7 @@ pub async fn update(
         .registry
         .update(&caller, id, version, submission.draft)
         .await
-        .map_err(|e| stale_is_412(e, version.is_some()))?;
+        .map_err(|e| update_refused(e, version.is_some()))?;
     let outcome = success("RESOURCE_UPDATED", "Resource updated", format!("DocumentReference/{}", updated.id));
     Ok(written(StatusCode::OK, &updated, &base, &headers, outcome))
 }
@@ -247,8 +269,9 @@ fn parameters(
     let mut parameters = Parameters::default();
     parameters.add_form(query.unwrap_or("").as_bytes(), allowed)?;
     if let Some((headers, body)) = body.filter(|(_, b)| !b.iter().all(u8::is_ascii_whitespace)) {
-        let kind = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if kind.starts_with("application/x-www-form-urlencoded") {
+        // Media types are case-insensitive: admission let this body in on the lowercased type.
+        let kind = headers.get(header::CONTENT_TYPE).map(super::media_type).unwrap_or_default();
+        if kind == "application/x-www-form-urlencoded" {
             parameters.add_form(body, allowed)?;
         } else {
             parameters.add_json(body, allowed)?;

@@ -233,6 +233,8 @@ impl From<RegistryError> for FhirError {
             RegistryError::InvalidArgument { field, reason } => {
                 let spine = match field.as_str() {
                     "pointer.nhs_number" | "nhs_number" => S::InvalidNhsNumber,
+                    // The call headers (a read without a purpose of use): a header, not an element.
+                    crate::auth::PURPOSE_HEADER | crate::auth::END_USER_HEADER => S::MissingOrInvalidHeader,
                     f if f.ends_with("custodian") || f.ends_with("author") => S::InvalidIdentifierValue,
                     f if f.ends_with("type") || f.ends_with("category") => S::InvalidCodeValue,
                     _ => S::InvalidResource,
@@ -315,6 +317,11 @@ mod tests {
         let error = FhirError::from(RegistryError::invalid("pointer.nhs_number", "bad check digit"));
         assert_eq!(error.spine, SpineCode::InvalidNhsNumber);
         assert_eq!(error.expression.as_deref(), Some("DocumentReference.subject.identifier.value"));
+        let error = FhirError::from(RegistryError::invalid(crate::auth::PURPOSE_HEADER, "is required"));
+        assert_eq!(
+            (error.spine, error.expression.as_deref()),
+            (SpineCode::MissingOrInvalidHeader, Some("x-purpose-of-use"))
+        );
         assert_eq!(expression_of("pointer.content[1].url"), "DocumentReference.content[1].attachment.url");
         assert_eq!(expression_of("supersedes[0]"), "DocumentReference.relatesTo[0].target");
     }

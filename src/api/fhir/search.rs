@@ -224,16 +224,23 @@ pub fn bundle(page: &Page, base: &str, parameters: &Parameters, next_token: Opti
         .collect();
     let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total});
     bundle["link"] = Value::Array(links);
-    bundle["entry"] = Value::Array(entries);
+    // FHIR JSON has no empty arrays: a page without matches leaves `entry` out.
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
     bundle
 }
 
-/// The Bundle answering `_summary=count` and `_count`: the total, no entries.
+/// The Bundle answering `_summary=count` and `_count`: the total, no entries. Its self link is the
+/// search with `_summary=count`, so following it counts again (from `_count` too, whose
+/// parameters lack it) rather than listing.
 pub fn count_bundle(total: u64, base: &str, parameters: &Parameters) -> Value {
+    let mut counted = parameters.clone();
+    counted.0.insert(SUMMARY, "count".into());
     json!({
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
-        "link": [{"relation": "self", "url": format!("{base}/DocumentReference?{}", parameters.self_query())}],
+        "link": [{"relation": "self", "url": format!("{base}/DocumentReference?{}", counted.self_query())}],
     })
 }

@@ -10,8 +10,8 @@ use crate::domain::locate::RegionSummary;
 use crate::domain::query::{decode_page_token, PageRequest, PointerQuery};
 use crate::domain::ReferenceData;
 use crate::domain::{
-    Coding, Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, Pointer, PointerDraft, PointerId,
-    PointerStatus, PointerType, ProducerReference, Region, RegionKind, RetrievalMechanism, Stability,
+    Asid, Coding, Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, Pointer, PointerDraft,
+    PointerId, PointerStatus, PointerType, ProducerReference, Region, RegionKind, RetrievalMechanism, Stability,
 };
 use crate::error::RegistryError;
 use crate::federation::follower::FeedItem;
@@ -151,6 +151,10 @@ pub fn draft(input: Option<&pb::PointerInput>, prefix: &str, reference: &Referen
         "" => None,
         r => Some(ProducerReference::parse(r).map_err(|e| RegistryError::invalid(f("producer_reference"), e))?),
     };
+    let related_asid = match input.related_asid.as_str() {
+        "" => None,
+        asid => Some(Asid::parse(asid).map_err(|e| RegistryError::invalid(f("related_asid"), e))?),
+    };
     Ok(PointerDraft {
         nhs_number,
         region,
@@ -161,6 +165,7 @@ pub fn draft(input: Option<&pb::PointerInput>, prefix: &str, reference: &Referen
         practice_setting,
         document_date,
         producer_reference,
+        related_asid,
     })
 }
 
@@ -281,6 +286,7 @@ impl From<&Pointer> for pb::Pointer {
             version: p.version,
             created_at: Some(to_timestamp(p.created_at)),
             updated_at: Some(to_timestamp(p.updated_at)),
+            related_asid: d.related_asid.as_ref().map(|a| a.as_str().to_string()).unwrap_or_default(),
         }
     }
 }

@@ -26,6 +26,9 @@ struct PointerFile {
     document_date: Option<DateTime<FixedOffset>>,
     #[serde(default)]
     producer_reference: String,
+    /// The Spine ASID serving `ssp://` content (the server requires it for such content).
+    #[serde(default)]
+    related_asid: String,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +98,7 @@ impl From<PointerFile> for pb::PointerInput {
                 nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(i32::MAX),
             }),
             producer_reference: f.producer_reference,
+            related_asid: f.related_asid,
         }
     }
 }
@@ -158,7 +162,8 @@ mod tests {
         }],
         "practice_setting": {"code": "394802001", "display": "General medicine"},
         "document_date": "2025-03-04T10:00:00+01:00",
-        "producer_reference": "DOC-1"
+        "producer_reference": "DOC-1",
+        "related_asid": "200000000123"
     }"#;
 
     #[test]
@@ -171,6 +176,7 @@ mod tests {
         assert_eq!(input.content[0].stability, pb::Stability::Static as i32);
         assert_eq!(input.document_date.map(|t| t.seconds), Some(1_741_078_800), "the offset is applied");
         assert_eq!(input.practice_setting.map(|c| c.code).as_deref(), Some("394802001"));
+        assert_eq!(input.related_asid, "200000000123");
     }
 
     #[test]
@@ -179,7 +185,7 @@ mod tests {
             "content":[{"url":"https://x.example/1","content_type":"text/html",
             "format":"urn:nhs-ic:unstructured","retrieval_mechanism":"SSP","stability":"DYNAMIC"}]}"#;
         let input = parse_pointer(minimal).expect("valid");
-        assert!(input.author.is_empty() && input.producer_reference.is_empty());
+        assert!(input.author.is_empty() && input.producer_reference.is_empty() && input.related_asid.is_empty());
         assert!(input.document_date.is_none() && input.practice_setting.is_none());
     }
 

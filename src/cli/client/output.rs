@@ -77,6 +77,7 @@ pub fn pointer_json(p: &pb::Pointer) -> Value {
         "supersedes": p.supersedes,
         "superseded_by": p.superseded_by,
         "producer_reference": p.producer_reference,
+        "related_asid": p.related_asid,
         "version": p.version,
         "created_at": timestamp_json(p.created_at.as_ref()),
         "updated_at": timestamp_json(p.updated_at.as_ref()),
@@ -223,6 +224,7 @@ pub fn pointer_text(p: &pb::Pointer) -> String {
         ("practice_setting".into(), coding_text(p.practice_setting.as_ref())),
         ("document_date".into(), rfc3339(p.document_date.as_ref()).unwrap_or_else(|| "-".into())),
         ("producer_reference".into(), or_dash(&p.producer_reference).into()),
+        ("related_asid".into(), or_dash(&p.related_asid).into()),
     ]);
     if !p.supersedes.is_empty() {
         rows.push(("supersedes".into(), p.supersedes.join(", ")));

@@ -216,6 +216,7 @@ impl SeedPlan {
             practice_setting: Some(pb::Coding { code: setting_code.to_string(), display: setting_display.to_string() }),
             document_date: Some(prost_types::Timestamp { seconds: date, nanos: 0 }),
             producer_reference: reference,
+            related_asid: String::new(),
         }
     }
 }

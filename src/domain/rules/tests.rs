@@ -1,6 +1,6 @@
 use super::*;
 use crate::domain::fixtures::pointer;
-use crate::domain::{OdsCode, ProducerReference};
+use crate::domain::{Asid, Content, ContentUrl, OdsCode, ProducerReference};
 
 #[test]
 fn an_update_must_name_the_stored_version_of_a_current_pointer() {
@@ -51,4 +51,24 @@ fn only_a_current_pointer_of_the_same_patient_type_and_custodian_is_replaceable(
         (PointerStatus::Superseded, Some(other_type.id), 2)
     );
     assert!(check_replaceable(&retired, &old.draft, "supersedes[0]").is_err(), "already superseded");
+}
+
+#[test]
+fn ssp_content_needs_the_asid_of_the_system_serving_it() {
+    let mut draft = pointer("9434765919", "QWO", "RR8", "736253002").draft;
+    assert!(check_draft(&draft, "pointer").is_ok(), "https content needs no ASID");
+    let asid = Asid::parse("200000000123").ok();
+    draft.related_asid = asid.clone();
+    assert!(check_draft(&draft, "pointer").is_ok(), "and may still carry one");
+
+    let ssp = ContentUrl::parse("ssp://spine.example.nhs.uk/qwo/1").expect("url");
+    draft.content.push(Content { url: ssp, ..draft.content[0].clone() });
+    assert!(check_draft(&draft, "pointer").is_ok());
+    draft.related_asid = None;
+    let refusal = check_draft(&draft, "pointer").expect_err("ssp:// without an ASID");
+    assert!(matches!(refusal, RegistryError::InvalidArgument { .. }), "{refusal:?}");
+    assert_eq!(refusal.field(), Some("pointer.related_asid"));
+    assert!(refusal.to_string().contains("ssp://"), "{refusal}");
+    let in_batch = check_draft(&draft, "").expect_err("a batch entry");
+    assert_eq!(in_batch.field(), Some("related_asid"), "named from the entry");
 }

@@ -6,12 +6,15 @@
 //! The value is `version (8 bytes, big-endian) ‖ message`, so the write script can check a version
 //! by comparing 8 bytes, without decoding protobuf in Lua.
 //!
-//! Compatibility: fields are only ever added, with new tags. Vocabulary codes are positions in the
+//! Compatibility: fields are only ever added, with new tags, and a field a value does not hold
+//! decodes as absent (so values written before the field existed still decode, and a pointer that
+//! does not use it is stored byte for byte as before). Vocabulary codes are positions in the
 //! domain's `ALL` lists, which are append-only.
 
 use crate::domain::{
-    Coding, Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, Pointer, PointerDraft, PointerId,
-    PointerStatus, PointerType, PointerTypeCatalogue, ProducerReference, RegionCode, RetrievalMechanism, Stability,
+    Asid, Coding, Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, Pointer, PointerDraft,
+    PointerId, PointerStatus, PointerType, PointerTypeCatalogue, ProducerReference, RegionCode, RetrievalMechanism,
+    Stability,
 };
 use crate::store::feed::{Change, ChangeBody, ChangeKind};
 use crate::store::StoreError;
@@ -50,6 +53,9 @@ struct StoredPointer {
     created_ms: i64,
     #[prost(int64, tag = "15")]
     updated_ms: i64,
+    /// 12 digits as a number (about 6 bytes instead of 14), zero-padded back; absent when none.
+    #[prost(uint64, optional, tag = "16")]
+    related_asid: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -107,6 +113,7 @@ pub fn encode(pointer: &Pointer) -> Vec<u8> {
         producer_reference: d.producer_reference.as_ref().map(|r| r.as_str().to_string()).unwrap_or_default(),
         created_ms: pointer.created_at.timestamp_millis(),
         updated_ms: pointer.updated_at.timestamp_millis(),
+        related_asid: d.related_asid.as_ref().and_then(|a| a.as_str().parse().ok()),
     };
     let mut value = Vec::with_capacity(8 + stored.encoded_len());
     value.extend_from_slice(&version_bytes(pointer.version));
@@ -188,6 +195,10 @@ pub fn decode(
             "" => None,
             r => Some(ProducerReference::parse(r).map_err(corrupt("producer reference"))?),
         },
+        related_asid: stored
+            .related_asid
+            .map(|asid| Asid::parse(&format!("{asid:012}")).map_err(corrupt("related ASID")))
+            .transpose()?,
     };
     Ok(Pointer {
         id: id_from(id_bytes)?,
@@ -304,6 +315,7 @@ mod tests {
         p.draft.practice_setting = Some(Coding { code: "390826005".into(), display: "Mental health".into() });
         p.draft.document_date = Utc.timestamp_opt(1_700_000_000, 123_456_789).single();
         p.draft.producer_reference = ProducerReference::parse("DOC-1").ok();
+        p.draft.related_asid = Asid::parse("000000000042").ok();
         p.status = PointerStatus::Superseded;
         p.superseded_by = Some(pointer("9434765919", "QWO", "RR8", "736253002").id);
         p.supersedes = vec![pointer("9434765919", "QWO", "RR8", "736253002").id];
@@ -312,6 +324,45 @@ mod tests {
         assert_eq!(&value[..8], &7u64.to_be_bytes());
         let back = decode(p.draft.nhs_number, p.id.as_bytes(), &value, &catalogue).expect("decodes");
         assert_eq!(back, p);
+    }
+
+    /// `pointer("9434765919", "QWO", "RR8", "736253002")` at version 3, as stored before pointers
+    /// had a related ASID (tag 16).
+    const BEFORE_RELATED_ASID: &[u8] = &[
+        0, 0, 0, 0, 0, 0, 0, 3, // version
+        0x0a, 3, b'Q', b'W', b'O', // 1: region
+        0x12, 3, b'R', b'R', b'8', // 2: custodian
+        0x20, 0xca, 0xa8, 0x89, 0xdf, 0x02, // 4: type code 736253002
+        0x2a, 32, // 5: one content entry of 32 bytes
+        0x0a, 28, b'h', b't', b't', b'p', b's', b':', b'/', b'/', b'e', b'x', b'a', b'm', b'p', b'l', b'e', b'.', b'n',
+        b'h', b's', b'.', b'u', b'k', b'/', b'd', b'o', b'c', b'/', b'1', // its url
+        0x20, 1, // its retrieval mechanism: Direct
+        0x70, 0x88, 0x99, 0xa6, 0xe5, 0xb7, 0x33, // 14: created 2026-01-02T03:04:05Z in ms
+        0x78, 0x88, 0x99, 0xa6, 0xe5, 0xb7, 0x33, // 15: updated, the same
+    ];
+
+    #[test]
+    fn values_stored_before_the_related_asid_still_decode_without_one() {
+        let catalogue = PointerTypeCatalogue::default_catalogue();
+        let mut expected = pointer("9434765919", "QWO", "RR8", "736253002");
+        expected.version = 3;
+        let back = decode(expected.draft.nhs_number, expected.id.as_bytes(), BEFORE_RELATED_ASID, &catalogue)
+            .expect("an old value decodes");
+        assert_eq!(back.draft.related_asid, None);
+        assert_eq!(back, expected);
+        assert_eq!(encode(&expected), BEFORE_RELATED_ASID, "a pointer without one is stored as before");
+    }
+
+    #[test]
+    fn a_related_asid_out_of_range_is_reported() {
+        let catalogue = PointerTypeCatalogue::default_catalogue();
+        let p = pointer("9434765919", "QWO", "RR8", "736253002");
+        let mut value = encode(&p);
+        // Tag 16, varint 10^12: thirteen digits.
+        value.extend_from_slice(&[0x80, 0x01]);
+        prost::encoding::encode_varint(1_000_000_000_000, &mut value);
+        let refusal = decode(p.draft.nhs_number, p.id.as_bytes(), &value, &catalogue).expect_err("13 digits");
+        assert!(matches!(refusal, StoreError::Corrupt(ref what) if what.contains("related ASID")), "{refusal:?}");
     }
 
     #[test]

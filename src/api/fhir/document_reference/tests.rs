@@ -113,3 +113,34 @@ fn a_pointer_written_out_reads_back_the_same() {
     let again = read_value(&written).expect("its own output reads back");
     assert_eq!(again.draft, submission.draft);
 }
+
+#[test]
+fn ssp_content_carries_its_asid_in_context_related_both_ways() {
+    let mut value = example();
+    value["content"][0]["attachment"]["url"] = json!("ssp://qwo.example.nhs.uk/doc/1");
+    value["context"]["related"] = json!([
+        {"identifier": {"system": "https://example.org/other", "value": "x"}},
+        {"identifier": {"system": ASID_SYSTEM, "value": "200000000123"}},
+    ]);
+    let draft = read_value(&value).expect("valid").draft;
+    assert_eq!(draft.related_asid.as_ref().map(Asid::as_str), Some("200000000123"));
+    assert_eq!(draft.content[0].retrieval_mechanism, RetrievalMechanism::Ssp, "ssp:// without the extension");
+    let now = chrono::Utc::now();
+    let pointer = Pointer {
+        id: PointerId::from_bytes([9; 16]),
+        draft: draft.clone(),
+        status: PointerStatus::Current,
+        supersedes: vec![],
+        superseded_by: None,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    let written = resource(&pointer);
+    assert_eq!(written["context"]["related"][0]["identifier"]["value"], "200000000123");
+    assert_eq!(read_value(&written).expect("reads back").draft, draft);
+
+    value["context"]["related"][1]["identifier"]["value"] = json!("12345");
+    let error = read_value(&value).expect_err("not 12 digits");
+    assert_eq!(error.expression.as_deref(), Some("DocumentReference.context.related[1].identifier.value"));
+}

@@ -1,6 +1,6 @@
 //! The gRPC server's per-call admission, a tower layer in front of every service:
 //!
-//! 1. The call's connection is marked busy (see [`super::connection`]) until its response ends.
+//! 1. The call's connection is marked busy (see [`crate::limits::connection`]) until its response ends.
 //! 2. Request metadata over `NRL_MAX_METADATA_BYTES` is answered at once with a status naming its
 //!    largest entry, rather than left to the transport's HTTP 431 or GOAWAY.
 //! 3. If `NRL_MAX_IN_FLIGHT` calls are already in flight, across all connections, the call is
@@ -15,9 +15,9 @@
 //! An admitted call holds its place until its handler has produced the response (for a streaming
 //! call, until the stream starts), not while a long stream runs.
 
-use super::connection::{ActiveCall, CallBody, ConnectionKey, Connections};
-use crate::api::grpc::budget::deadline_of;
-use crate::api::grpc::status;
+use super::budget::deadline_of;
+use super::status;
+use crate::limits::connection::{ActiveCall, CallBody, ConnectionKey, Connections};
 use crate::metrics::Metrics;
 use http::{HeaderMap, Request, Response};
 use pin_project_lite::pin_project;

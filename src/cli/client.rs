@@ -100,7 +100,9 @@ pub struct ServerArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct CreateArgs {
-    /// Pointer JSON file: {"nhs_number", "region", "custodian", "type", "content": [...], ...}.
+    /// Pointer JSON file (`-` for stdin): a PointerInput in the canonical protobuf JSON mapping
+    /// ({"nhsNumber", "region", "custodian", "type", "content": [...], ...}, enums like
+    /// "RETRIEVAL_MECHANISM_SSP"), or with proto field names and short enum names ("SSP").
     #[arg(value_name = "FILE")]
     pub file: String,
     #[command(flatten)]

@@ -1,7 +1,7 @@
 //! The report of refused lines: NDJSON, one object per refused line, in the order they were
 //! settled (not file order: batches finish out of order):
 //! `{"line": 7, "reason": "INVALID_ARGUMENT: ...", "code": "INVALID_ARGUMENT", "field": "nhs_number",
-//! "input": "<the line as read>"}` (`code` and `field` only for the server's refusals). `input` is
+//! "input": "<the line as read>"}` (`code` only for the server's refusals, `field` when it names one). `input` is
 //! the text of the line, so the refused lines can be fixed and imported again
 //! (`jq -r .input REPORT > fixed.ndjson`). It holds NHS numbers, so it is created readable by its
 //! owner only.
@@ -47,7 +47,9 @@ impl RejectsFile {
 
     pub fn write(&mut self, refused: &Refused) -> std::io::Result<()> {
         let (code, field) = match &refused.refusal {
-            Refusal::Server { code, field, .. } => (Some(super::super::code_name(*code)), Some(field.as_str())),
+            Refusal::Server { code, field, .. } => {
+                (Some(super::super::code_name(*code)), Some(field.as_str()).filter(|f| !f.is_empty()))
+            }
             Refusal::NotJson(_) | Refusal::NotPointer(_) => (None, None),
         };
         let entry =
@@ -91,6 +93,9 @@ mod tests {
         report
             .write(&Refused { line: 9, text: "{oops".into(), refusal: Refusal::NotJson("eof".into()) })
             .expect("write");
+        let conflict =
+            Refusal::Server { code: tonic::Code::AlreadyExists, field: String::new(), message: "taken".into() };
+        report.write(&Refused { line: 12, text: "{}".into(), refusal: conflict }).expect("write");
         assert_eq!(report.finish().expect("finish").as_deref(), Some(path.as_path()));
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.starts_with(r#"{"line":3,"reason":"#), "the line number first: {text}");
@@ -102,6 +107,11 @@ mod tests {
                    "field": "type", "input": "{\"a\": 1}"})
         );
         assert_eq!(lines[1], json!({"line": 9, "reason": "not JSON: eof", "input": "{oops"}));
+        assert_eq!(
+            lines[2],
+            json!({"line": 12, "reason": "ALREADY_EXISTS: taken", "code": "ALREADY_EXISTS", "input": "{}"}),
+            "no empty field"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

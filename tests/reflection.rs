@@ -170,7 +170,7 @@ async fn the_readme_grpcurl_examples_print_what_readme_says() {
             }
         }
         assert_eq!(words.first().map(String::as_str), Some("grpcurl"), "{command}");
-        let log = dir.join(&format!("grpcurl-{i}.log"));
+        let log = dir.join(format!("grpcurl-{i}.log"));
         let mut grpcurl = std::process::Command::new("grpcurl");
         grpcurl.args(&words[1..]);
         let log_path = log.clone();

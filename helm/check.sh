@@ -169,6 +169,7 @@ for doc in docs:
 print(f"service={service} container={container} NRL_FHIR_LISTEN={listen}")
 PY
 }
+expect fhir defaults "service=8080->fhir/http container=fhir:8080 NRL_FHIR_LISTEN=0.0.0.0:8080" fhir_ports
 expect fhir memory "service=8080->fhir/http container=fhir:8080 NRL_FHIR_LISTEN=0.0.0.0:8080" fhir_ports
 expect fhir redis "service=8080->fhir/http container=fhir:8080 NRL_FHIR_LISTEN=0.0.0.0:8080" fhir_ports
 expect fhir fhir-off "service=none container=none NRL_FHIR_LISTEN=off" fhir_ports

@@ -6,6 +6,8 @@
 #   loadtest/run.sh --soak          # also: 10-minute soak at half of peak (errors, server RSS)
 #   loadtest/run.sh --ghz           # drive the scenarios with ghz (on PATH) instead of nrl-load
 #   loadtest/run.sh --h2load-only --quick   # only the h2load part, 2 s runs: about 2 minutes
+#   loadtest/run.sh --fhir          # also: FHIR search (HTTP/1.1) beside gRPC search, h2load, each store
+#   loadtest/run.sh --fhir-only     # only that part: its section of loadtest/RESULTS.md, ~6 minutes
 #
 # Options: --duration 10s (each scenario), --concurrency 32, --repeat 3 (baseline/search pairs,
 # and h2load rounds), --big-pointers N, --soak-duration 10m, --soak-store redis|memory, --auth
@@ -18,6 +20,11 @@
 # that the suite works, not figures to quote; its report goes to loadtest/out/, never over the
 # committed one). h2load comes from Debian's nghttp2-client; when it (or curl) is missing, run.sh
 # installs it with apt-get, which needs root.
+# FHIR (loadtest/fhir.bash): --fhir serves FHIR on each server (NRL_FHIR_LISTEN, 127.0.0.1:50181
+# and 50182) and runs h2load rounds of gRPC Health/Check, gRPC SearchPointers, GET /FHIR/R4/_status
+# and the FHIR DocumentReference search on each store; the goal: FHIR search >= 0.8 x gRPC search.
+# --fhir-only runs that part alone (seeding as the suite does) and replaces its section of
+# loadtest/RESULTS.md, leaving the rest (with --quick: loadtest/out/RESULTS-fhir.md instead).
 #
 # Everything runs on 127.0.0.1: a release `nrl serve` per store, a private redis-server started
 # here with the settings README "Redis" requires, and the load generators. Every loop is bounded
@@ -50,10 +57,15 @@ QUICK=0
 H2_DURATION=8
 H2_CLIENTS=4
 H2_STREAMS=16
+FHIR=0
+FHIR_ONLY=0
 MEM_PORT=${NRL_LOAD_MEM_PORT:-50161}
 REDIS_GRPC_PORT=${NRL_LOAD_REDIS_GRPC_PORT:-50162}
 AUTH_GRPC_PORT=${NRL_LOAD_AUTH_GRPC_PORT:-50163}
 REDIS_PORT=${NRL_LOAD_REDIS_PORT:-6391}
+# The servers' FHIR listeners, with --fhir (otherwise NRL_FHIR_LISTEN=off).
+MEM_FHIR_PORT=${NRL_LOAD_MEM_FHIR_PORT:-50181}
+REDIS_FHIR_PORT=${NRL_LOAD_REDIS_FHIR_PORT:-50182}
 # The servers' admin listeners (/metrics): the h2load part reads the server's own count of non-OK
 # calls from them.
 MEM_ADMIN_PORT=${NRL_LOAD_MEM_ADMIN_PORT:-50171}
@@ -79,7 +91,9 @@ while [ $# -gt 0 ]; do
     --no-h2load) H2LOAD=0 ;;
     --h2load-only) H2LOAD_ONLY=1 ;;
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --fhir) FHIR=1 ;;
+    --fhir-only) FHIR=1; FHIR_ONLY=1 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
   esac
   shift
@@ -97,11 +111,19 @@ if [ "$H2LOAD_ONLY" = 1 ]; then
   done
   BENCH=0
 fi
+if [ "$FHIR_ONLY" = 1 ]; then
+  [ "$H2LOAD_ONLY" = 0 ] || { echo "run.sh: --fhir-only and --h2load-only each run one part alone; pick one" >&2; exit 64; }
+  for extra in BIG SOAK AUTH USE_GHZ; do
+    [ "${!extra}" = 0 ] || { echo "run.sh: --fhir-only runs the FHIR part alone; drop --big/--soak/--auth/--ghz" >&2; exit 64; }
+  done
+  BENCH=0
+fi
 [[ $H2_DURATION =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --h2load-duration takes whole seconds (h2load -D)" >&2; exit 64; }
 # Where the report goes: a quick run's figures are too short to quote, so it never replaces the
 # committed reports; it goes to loadtest/out/ instead.
 RESULTS=loadtest/$([ "$H2LOAD_ONLY" = 1 ] && echo RESULTS-h2load.md || echo RESULTS.md)
 if [ "$QUICK" = 1 ]; then RESULTS=$OUT/$(basename "$RESULTS"); fi
+if [ "$FHIR_ONLY" = 1 ]; then RESULTS=$([ "$QUICK" = 1 ] && echo "$OUT/RESULTS-fhir.md" || echo loadtest/RESULTS.md); fi
 
 for tool in jq redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool is needed (apt-get install jq redis-server redis-tools)" >&2; exit 1; }
@@ -120,7 +142,9 @@ run() { record "$@"; "$@"; }
 
 # shellcheck source=loadtest/h2load.bash
 . loadtest/h2load.bash
-if [ "$H2LOAD" = 1 ]; then
+# shellcheck source=loadtest/fhir.bash
+. loadtest/fhir.bash
+if [ "$H2LOAD" = 1 ] || [ "$FHIR" = 1 ]; then
   install_tool h2load nghttp2-client
   install_tool curl curl
 fi
@@ -133,7 +157,8 @@ cleanup() {
 trap cleanup EXIT
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$MEM_PORT" "$REDIS_GRPC_PORT" "$AUTH_GRPC_PORT" "$REDIS_PORT" "$MEM_ADMIN_PORT" "$REDIS_ADMIN_PORT"; do
+for port in "$MEM_PORT" "$REDIS_GRPC_PORT" "$AUTH_GRPC_PORT" "$REDIS_PORT" "$MEM_ADMIN_PORT" "$REDIS_ADMIN_PORT" \
+  $([ "$FHIR" = 1 ] && echo "$MEM_FHIR_PORT $REDIS_FHIR_PORT"); do
   port_free "$port" || { echo "run.sh: 127.0.0.1:$port is in use; set NRL_LOAD_*_PORT" >&2; exit 1; }
 done
 
@@ -166,12 +191,13 @@ start_redis() {
   echo "run.sh: redis-server did not start (see $dir/redis.log)" >&2; exit 1
 }
 
-# start_server NAME PORT ADMIN_PORT|off STORE [serve args...]; sets SERVER_PID
+# start_server NAME PORT ADMIN_PORT|off FHIR_PORT|off STORE [serve args...]; sets SERVER_PID
 start_server() {
-  local name=$1 port=$2 admin=$3 store=$4; shift 4
+  local name=$1 port=$2 admin=$3 fhir=$4 store=$5; shift 5
   [ "$admin" = off ] || admin=127.0.0.1:$admin
-  record NRL_ADMIN_LISTEN="$admin" NRL_FHIR_LISTEN=off "$NRL" serve --listen "127.0.0.1:$port" --store "$store" "$@"
-  NRL_ADMIN_LISTEN="$admin" NRL_FHIR_LISTEN=off "$NRL" serve --listen "127.0.0.1:$port" --store "$store" "$@" > "$OUT/$name.log" 2>&1 &
+  [ "$fhir" = off ] || fhir=127.0.0.1:$fhir
+  record NRL_ADMIN_LISTEN="$admin" NRL_FHIR_LISTEN="$fhir" "$NRL" serve --listen "127.0.0.1:$port" --store "$store" "$@"
+  NRL_ADMIN_LISTEN="$admin" NRL_FHIR_LISTEN="$fhir" "$NRL" serve --listen "127.0.0.1:$port" --store "$store" "$@" > "$OUT/$name.log" 2>&1 &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   for _ in $(seq 100); do
@@ -220,10 +246,11 @@ seed_data() {
   jq -r '.[].query.nhs_number' "$dir/data/search-miss.json" > "$dir/data/miss.txt"
 }
 
-# suite STORE PORT ADMIN_PORT: seed, prepare, baseline and scenarios against one server, with
-# nrl-load (or ghz), then the h2load part on the same server, before the writes.
+# suite STORE PORT ADMIN_PORT FHIR_PORT: seed, prepare, baseline and scenarios against one server,
+# with nrl-load (or ghz), then the h2load part (and with --fhir the FHIR part) on the same server,
+# before the writes.
 suite() {
-  local store=$1 port=$2 admin=$3 dir=$OUT/$1
+  local store=$1 port=$2 admin=$3 fport=$4 dir=$OUT/$1
   seed_data "$store" "$port"
   local pid=$SERVER_PID
   echo "$(rss_kb "$pid")" > "$dir/rss-start.txt"
@@ -237,6 +264,7 @@ suite() {
     scenario "$dir" "$port" "$s" "loadtest/$s.json" -c "$CONC" -z "$DURATION"
   done
   if [ "$H2LOAD" = 1 ]; then h2load_store "$store" "$port" "$admin"; fi
+  if [ "$FHIR" = 1 ]; then fhir_store "$store" "$port" "$fport" "$admin"; fi
   local peak half
   peak=$(for i in $(seq "$REPEAT"); do jqv "$dir/search-hit-$i.json" .rps; done | median)
   half=$(awk -v p="$peak" 'BEGIN { printf "%d", p / 2 }')
@@ -257,19 +285,26 @@ START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 START_SECS=$(date +%s)
 uptime > "$OUT/load-before.txt"
 
-# store_run STORE PORT ADMIN_PORT: the whole suite, or with --h2load-only the data and h2load.
+# store_run STORE PORT ADMIN_PORT FHIR_PORT: the whole suite, or with --h2load-only (--fhir-only)
+# the data and the h2load (FHIR) part.
 store_run() {
   if [ "$H2LOAD_ONLY" = 1 ]; then
     seed_data "$1" "$2"
     h2load_store "$1" "$2" "$3"
+    if [ "$FHIR" = 1 ]; then fhir_store "$1" "$2" "$4" "$3"; fi
+  elif [ "$FHIR_ONLY" = 1 ]; then
+    seed_data "$1" "$2"
+    fhir_store "$1" "$2" "$4" "$3"
   else
-    suite "$1" "$2" "$3"
+    suite "$1" "$2" "$3" "$4"
   fi
 }
+MEM_FHIR=$([ "$FHIR" = 1 ] && echo "$MEM_FHIR_PORT" || echo off)
+REDIS_FHIR=$([ "$FHIR" = 1 ] && echo "$REDIS_FHIR_PORT" || echo off)
 
-start_server memory-server "$MEM_PORT" "$MEM_ADMIN_PORT" memory
+start_server memory-server "$MEM_PORT" "$MEM_ADMIN_PORT" "$MEM_FHIR" memory
 MEM_PID=$SERVER_PID
-store_run memory "$MEM_PORT" "$MEM_ADMIN_PORT"
+store_run memory "$MEM_PORT" "$MEM_ADMIN_PORT" "$MEM_FHIR"
 stop_server "$MEM_PID"
 
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
@@ -279,9 +314,9 @@ for FSYNC in "${FSYNC_LIST[@]}"; do
   # The suite's data and reports go to loadtest/out/redis-<fsync>; redis-server's own files too.
   RD=$OUT/redis-$FSYNC
   start_redis "$RD.db" "$FSYNC"
-  start_server "redis-$FSYNC-server" "$REDIS_GRPC_PORT" "$REDIS_ADMIN_PORT" "$REDIS_URL"
+  start_server "redis-$FSYNC-server" "$REDIS_GRPC_PORT" "$REDIS_ADMIN_PORT" "$REDIS_FHIR" "$REDIS_URL"
   REDIS_NRL_PID=$SERVER_PID
-  store_run "redis-$FSYNC" "$REDIS_GRPC_PORT" "$REDIS_ADMIN_PORT"
+  store_run "redis-$FSYNC" "$REDIS_GRPC_PORT" "$REDIS_ADMIN_PORT" "$REDIS_FHIR"
   redis-cli -p "$REDIS_PORT" info memory > "$RD/info-memory-10k.txt"
 done
 LAST=redis-$FSYNC
@@ -289,7 +324,7 @@ LAST=redis-$FSYNC
 if [ "$AUTH" = 1 ]; then
   log "auth: a second server on the same Redis, with JWT authentication"
   head -c 48 /dev/urandom | base64 > "$OUT/$LAST/dev.secret"
-  start_server auth-server "$AUTH_GRPC_PORT" off "$REDIS_URL" --jwt-hs256-secret-file "$OUT/$LAST/dev.secret"
+  start_server auth-server "$AUTH_GRPC_PORT" off off "$REDIS_URL" --jwt-hs256-secret-file "$OUT/$LAST/dev.secret"
   AUTH_PID=$SERVER_PID
   CONSUMER=$("$NRL" token --secret-file "$OUT/$LAST/dev.secret" --org RA7 --role consumer)
   for i in $(seq "$REPEAT"); do
@@ -322,7 +357,7 @@ fi
 
 if [ "$SOAK" = 1 ]; then
   if [ "$SOAK_STORE" = memory ]; then
-    start_server memory-soak "$MEM_PORT" off memory
+    start_server memory-soak "$MEM_PORT" off off memory
     SOAK_PID=$SERVER_PID
     SOAK_PORT=$MEM_PORT
     mkdir -p "$OUT/soak" && rm -rf "$OUT/soak/data" && cp -r "$OUT/memory/data" "$OUT/soak/data"
@@ -441,6 +476,20 @@ h2load_results() {
   h2load_goals "${stores[@]}"
 }
 
+STORES=(memory)
+for f in "${FSYNC_LIST[@]}"; do STORES+=("redis-$f"); done
+
+if [ "$FHIR_ONLY" = 1 ]; then
+  fhir_section "${STORES[@]}" > "$OUT/fhir-section.md"
+  if [ "$QUICK" = 1 ] || [ ! -f "$RESULTS" ]; then
+    cp "$OUT/fhir-section.md" "$RESULTS"
+  else
+    fhir_splice "$OUT/fhir-section.md" "$RESULTS"
+  fi
+  log "wrote the FHIR section of $RESULTS"
+  exit 0
+fi
+
 if [ "$H2LOAD_ONLY" = 1 ]; then
   {
     echo "# Load-test results: the h2load part alone"
@@ -456,6 +505,7 @@ if [ "$H2LOAD_ONLY" = 1 ]; then
     echo "Redis: \`--appendonly yes --appendfsync {$FSYNCS} --hash-max-listpack-value 512 --hash-max-listpack-entries 256 --maxmemory-policy noeviction\`."
     echo
     h2load_results
+    if [ "$FHIR" = 1 ]; then fhir_section "${STORES[@]}"; echo; fi
     echo "## Commands"
     echo
     echo '```sh'
@@ -543,6 +593,7 @@ fi
     grep -v -E '^\s*(Compiling|Finished|Running|warning)' "$OUT/federation-bench.txt" | sed 's/^## .*//' | sed '/^$/N;/^\n$/D'
     echo
   fi
+  if [ "$FHIR" = 1 ]; then fhir_section "${STORES[@]}"; echo; fi
   echo "## Commands"
   echo
   echo '```sh'

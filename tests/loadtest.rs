@@ -3,7 +3,9 @@
 //! durations), and the in-repo runner makes a small number of calls of each against a real
 //! in-process server with no errors, while non-OK statuses are counted as errors. The raw gRPC
 //! bodies `nrl-load frame` writes for h2load are checked byte for byte, and sent as plain HTTP/2
-//! requests (as h2load sends them, no h2load needed) to get grpc-status 0.
+//! requests (as h2load sends them, no h2load needed) to get grpc-status 0. The FHIR search URIs
+//! `loadtest/fhir.bash` gives `h2load --h1` are sent as plain HTTP/1.1 requests and answer the
+//! seeded patients' Bundles.
 
 use bytes::Bytes;
 use nrl_registry::config::ServerConfig;
@@ -30,18 +32,38 @@ const PATIENTS: u64 = 60;
 
 struct Server {
     addr: SocketAddr,
+    /// The FHIR listener, when it is on.
+    fhir: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
 }
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with(ServerConfig::for_tests()).await
+    }
+
+    /// With the FHIR listener on a port of its own, as `run.sh --fhir` serves it.
+    async fn start_with_fhir() -> Self {
+        let mut config = ServerConfig::for_tests();
+        config.fhir.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        Self::start_with(config).await
+    }
+
+    async fn start_with(config: ServerConfig) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
+        let fhir_bound = config.fhir.listen.map(|_| config.fhir.bound.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(nrl_registry::server::run(ServerConfig::for_tests(), listener, async {
+        tokio::spawn(nrl_registry::server::run(config, listener, async {
             let _ = stopped.await;
         }));
-        Self { addr, stop: Some(stop) }
+        let fhir = match fhir_bound {
+            Some(bound) => Some(
+                tokio::time::timeout(Duration::from_secs(10), bound.wait()).await.expect("the FHIR listener is bound"),
+            ),
+            None => None,
+        };
+        Self { addr, fhir, stop: Some(stop) }
     }
 
     fn url(&self) -> String {
@@ -488,4 +510,66 @@ async fn framed_bodies_sent_as_plain_http2_get_grpc_status_0() {
     assert_eq!(answer.http_status, 200);
     assert_eq!(answer.grpc_status.as_deref(), Some("3"), "INVALID_ARGUMENT");
     assert!(answer.body.is_empty(), "no message, only the status");
+}
+
+/// One HTTP/1.1 GET of `path_and_query` with `headers`, as `h2load --h1` sends it: (status, body).
+async fn http1_get(addr: SocketAddr, path_and_query: &str, headers: &[&str]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("GET {path_and_query} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let text = String::from_utf8(answer).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers, then a body");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}")))
+}
+
+#[tokio::test]
+async fn fhir_search_uris_as_fhir_bash_writes_them_answer_each_patients_bundle() {
+    // The URI and headers fhir.bash gives h2load --h1; this test sends exactly those.
+    let script = std::fs::read_to_string(config("fhir.bash")).expect("loadtest/fhir.bash");
+    let search = "/DocumentReference?subject:identifier=https://fhir.nhs.uk/Id/nhs-number%7C";
+    let headers = ["accept: application/fhir+json", "x-purpose-of-use: direct-care"];
+    assert!(script.contains(search), "fhir.bash no longer builds its URIs as {search}N");
+    for header in headers {
+        assert!(script.contains(&format!("'{header}'")), "fhir.bash no longer sends {header}");
+    }
+    let server = Server::start_with_fhir().await;
+    let fhir = server.fhir.expect("FHIR on");
+    let scratch = Scratch::new();
+    seed_and_prepare(&server, &scratch.0).await;
+    let data: Value =
+        serde_json::from_str(&std::fs::read_to_string(scratch.0.join("search-hit.json")).expect("search-hit.json"))
+            .expect("json");
+    for entry in data.as_array().expect("array").iter().take(5) {
+        let nhs = entry["query"]["nhs_number"].as_str().expect("nhs");
+        let (status, bundle) = http1_get(fhir, &format!("/FHIR/R4{search}{nhs}"), &headers).await;
+        assert_eq!(status, 200, "{bundle}");
+        assert_eq!((bundle["resourceType"].as_str(), bundle["type"].as_str()), (Some("Bundle"), Some("searchset")));
+        assert_eq!(bundle["total"], 3, "a seeded patient has 3 pointers");
+        let entries = bundle["entry"].as_array().expect("entries");
+        assert_eq!(entries.len(), 3);
+        for e in entries {
+            assert_eq!(e["resource"]["resourceType"], "DocumentReference");
+            assert_eq!(e["resource"]["subject"]["identifier"]["value"], nhs);
+        }
+    }
+    // The HTTP baseline.
+    let (status, body) = http1_get(fhir, "/FHIR/R4/_status", &headers).await;
+    assert_eq!((status, body), (200, json!({"message": "OK"})));
+    // A FHIR error is an HTTP error (h2load counts it as 4xx, and run.sh stops), never a 200.
+    let (status, outcome) = http1_get(fhir, &format!("/FHIR/R4{search}9434765919&colour=blue"), &headers).await;
+    assert_eq!(status, 400);
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["details"]["coding"][0]["code"], "INVALID_PARAMETER");
 }

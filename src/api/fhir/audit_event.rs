@@ -110,12 +110,12 @@ pub fn resource(event: &AuditEvent) -> Value {
         "recorded": instant(event.time),
         "outcome": outcome(&event.outcome),
         "outcomeDesc": event.outcome,
-        "agent": [agent],
         "source": {"observer": {"display": "nrl-registry"}, "type": [{
             "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
     });
+    resource["agent"] = Value::Array(vec![agent]);
     if !entities.is_empty() {
-        resource["entity"] = json!(entities);
+        resource["entity"] = Value::Array(entities);
     }
     if let Some(cursor) = event.cursor.as_deref().filter(|c| is_fhir_id(c)) {
         resource["id"] = json!(cursor);
@@ -141,9 +141,18 @@ pub fn bundle(page: &EventPage, base: &str, parameters: &Parameters) -> Value {
     if let Some(next) = &page.next_before {
         links.push(json!({"relation": "next", "url": url(Some(next))}));
     }
-    let entries: Vec<Value> =
-        page.events.iter().map(|e| json!({"resource": resource(e), "search": {"mode": "match"}})).collect();
-    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "link": links});
+    let entries: Vec<Value> = page
+        .events
+        .iter()
+        .map(|e| {
+            let mut entry = json!({"search": {"mode": "match"}});
+            // Moved in, not through json!: json! serialises a Value it is given into a deep copy.
+            entry["resource"] = resource(e);
+            entry
+        })
+        .collect();
+    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset"});
+    bundle["link"] = Value::Array(links);
     // FHIR JSON has no empty arrays: an empty log page leaves `entry` out.
     if !entries.is_empty() {
         bundle["entry"] = Value::Array(entries);

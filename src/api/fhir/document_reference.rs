@@ -526,14 +526,15 @@ pub fn resource(pointer: &Pointer) -> Value {
         "resourceType": "DocumentReference",
         "id": pointer.id.to_string(),
         "meta": {"versionId": pointer.version.to_string(), "lastUpdated": instant(pointer.updated_at)},
-        "extension": extension,
         "status": match pointer.status { PointerStatus::Current => "current", PointerStatus::Superseded => "superseded" },
         "type": {"coding": [snomed(&draft.pointer_type.coding)]},
         "category": [{"coding": [snomed(&draft.pointer_type.category)]}],
         "subject": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": draft.nhs_number.to_string()}},
         "custodian": {"identifier": {"system": ODS_SYSTEM, "value": draft.custodian.as_str()}},
-        "content": content,
     });
+    // Moved in, not through json!: json! serialises a Value it is given into a deep copy.
+    resource["extension"] = Value::Array(extension);
+    resource["content"] = Value::Array(content);
     if let Some(reference) = &draft.producer_reference {
         resource["masterIdentifier"] = json!({"value": reference.as_str()});
     }

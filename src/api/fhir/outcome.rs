@@ -166,7 +166,9 @@ impl IntoResponse for FhirError {
 
 /// A FHIR JSON answer.
 pub fn fhir_json(status: StatusCode, body: &Value) -> Response {
-    let mut response = (status, body.to_string()).into_response();
+    // Straight into bytes: `to_string` (Display) goes through fmt::Write one piece at a time.
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| body.to_string().into_bytes());
+    let mut response = (status, bytes).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     response
 }

@@ -215,14 +215,15 @@ pub fn bundle(page: &Page, base: &str, parameters: &Parameters, next_token: Opti
         .pointers
         .iter()
         .map(|p| {
-            json!({
-                "fullUrl": format!("{base}/DocumentReference/{}", p.id),
-                "resource": resource(p),
-                "search": {"mode": "match"},
-            })
+            let mut entry =
+                json!({"fullUrl": format!("{base}/DocumentReference/{}", p.id), "search": {"mode": "match"}});
+            // Moved in, not through json!: json! serialises a Value it is given into a deep copy.
+            entry["resource"] = resource(p);
+            entry
         })
         .collect();
-    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total, "link": links});
+    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total});
+    bundle["link"] = Value::Array(links);
     // FHIR JSON has no empty arrays: a page without matches leaves `entry` out.
     if !entries.is_empty() {
         bundle["entry"] = Value::Array(entries);

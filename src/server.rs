@@ -234,7 +234,8 @@ async fn start_fhir(
         max_body_bytes: api::fhir::MAX_BODY_BYTES,
     };
     let api = FhirApi::new(registry.clone(), config.auth.authenticator.clone(), limits, config.auth.tls.is_some())
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_local_address(bound);
     // The same certificates, and the same client-certificate rule, as the gRPC listener.
     let tls = config.auth.tls.as_ref().map(|tls| tls.http());
     tracing::info!(

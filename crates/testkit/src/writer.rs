@@ -418,7 +418,18 @@ pub async fn all_pointers(client: &mut PointerRegistryClient<Channel>, patient: 
             page_size: 500,
             page_token,
         };
-        let page = timed(client.search_pointers(request)).await.0.expect("search while verifying");
+        // Verification reads the final state: a read the store answered late (a busy machine, a
+        // Redis just restarted) is asked again, a few times, rather than failing the check.
+        let mut attempt = 0;
+        let page = loop {
+            match timed(client.search_pointers(request.clone())).await.0 {
+                Err(status) if status.code() == tonic::Code::Unavailable && attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                }
+                answer => break answer.expect("search while verifying"),
+            }
+        };
         pointers.extend(page.pointers);
         if page.next_page_token.is_empty() {
             return pointers;

@@ -12,17 +12,19 @@ use super::outcome::{FhirError, SpineCode};
 use crate::domain::limits::{MAX_CONTENT, MAX_DISPLAY_LEN, MAX_SUPERSEDES};
 use crate::domain::{
     Asid, Coding, Content, ContentFormat, ContentType, ContentUrl, NhsNumber, OdsCode, Pointer, PointerDraft,
-    PointerId, PointerStatus, ProducerReference, ReferenceData, RegionCode, RetrievalMechanism, Stability,
+    PointerId, ProducerReference, ReferenceData, RegionCode, RetrievalMechanism, Stability,
 };
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 type Result<T> = std::result::Result<T, FhirError>;
 
 const ROOT: &str = "DocumentReference";
 
 mod input;
+mod output;
 use input::*;
+pub use output::{DocumentReferenceOut, LinkOut, SearchsetOut};
 
 // ---- Reading a submission ----
 
@@ -479,14 +481,6 @@ fn stability_display(stability: Stability) -> &'static str {
     }
 }
 
-fn snomed(coding: &Coding) -> Value {
-    if coding.display.is_empty() {
-        json!({"system": SNOMED_SYSTEM, "code": coding.code})
-    } else {
-        json!({"system": SNOMED_SYSTEM, "code": coding.code, "display": coding.display})
-    }
-}
-
 pub fn instant(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -496,73 +490,14 @@ pub fn etag(version: u64) -> String {
     format!("W/\"{version}\"")
 }
 
-/// A pointer as an NRLF-profile DocumentReference.
+/// A pointer as an NRLF-profile DocumentReference, as a JSON value (for single answers; a search
+/// serialises [`DocumentReferenceOut`] straight into its Bundle).
 pub fn resource(pointer: &Pointer) -> Value {
-    let draft = &pointer.draft;
-    let mut extension = vec![json!({"url": REGION_EXTENSION, "valueCode": draft.region.as_str()})];
-    if let Some(by) = pointer.superseded_by {
-        extension.push(
-            json!({"url": SUPERSEDED_BY_EXTENSION, "valueReference": {"reference": format!("DocumentReference/{by}")}}),
-        );
-    }
-    let content: Vec<Value> = draft
-        .content
-        .iter()
-        .map(|c| {
-            json!({
-                "extension": [
-                    {"url": STABILITY_EXTENSION, "valueCodeableConcept": {"coding": [{
-                        "system": STABILITY_SYSTEM, "code": c.stability.as_str(), "display": stability_display(c.stability)}]}},
-                    {"url": RETRIEVAL_EXTENSION, "valueCodeableConcept": {"coding": [{
-                        "system": RETRIEVAL_SYSTEM, "code": c.retrieval_mechanism.as_str(),
-                        "display": retrieval_display(c.retrieval_mechanism)}]}},
-                ],
-                "attachment": {"contentType": c.content_type.as_str(), "url": c.url.as_str()},
-                "format": {"system": FORMAT_SYSTEM, "code": c.format.as_str(), "display": format_display(c.format)},
-            })
-        })
-        .collect();
-    let mut resource = json!({
-        "resourceType": "DocumentReference",
-        "id": pointer.id.to_string(),
-        "meta": {"versionId": pointer.version.to_string(), "lastUpdated": instant(pointer.updated_at)},
-        "status": match pointer.status { PointerStatus::Current => "current", PointerStatus::Superseded => "superseded" },
-        "type": {"coding": [snomed(&draft.pointer_type.coding)]},
-        "category": [{"coding": [snomed(&draft.pointer_type.category)]}],
-        "subject": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": draft.nhs_number.to_string()}},
-        "custodian": {"identifier": {"system": ODS_SYSTEM, "value": draft.custodian.as_str()}},
-    });
-    // Moved in, not through json!: json! serialises a Value it is given into a deep copy.
-    resource["extension"] = Value::Array(extension);
-    resource["content"] = Value::Array(content);
-    if let Some(reference) = &draft.producer_reference {
-        resource["masterIdentifier"] = json!({"value": reference.as_str()});
-    }
-    if let Some(date) = draft.document_date {
-        resource["date"] = json!(instant(date));
-    }
-    if let Some(author) = &draft.author {
-        resource["author"] = json!([{"identifier": {"system": ODS_SYSTEM, "value": author.as_str()}}]);
-    }
-    if !pointer.supersedes.is_empty() {
-        resource["relatesTo"] = pointer
-            .supersedes
-            .iter()
-            .map(|old| {
-                json!({"code": "replaces", "target": {
-                    "reference": format!("DocumentReference/{old}"),
-                    "identifier": {"value": old.to_string()},
-                }})
-            })
-            .collect();
-    }
-    if let Some(setting) = &draft.practice_setting {
-        resource["context"] = json!({"practiceSetting": {"coding": [snomed(setting)]}});
-    }
-    if let Some(asid) = &draft.related_asid {
-        resource["context"]["related"] = json!([{"identifier": {"system": ASID_SYSTEM, "value": asid.as_str()}}]);
-    }
-    resource
+    serde_json::to_value(DocumentReferenceOut::of(pointer)).unwrap_or_else(|e| {
+        // Strings and numbers only: serialising cannot fail.
+        tracing::error!(error = %e, "cannot serialise a DocumentReference");
+        Value::Null
+    })
 }
 
 #[cfg(test)]

@@ -165,9 +165,22 @@ impl IntoResponse for FhirError {
 }
 
 /// A FHIR JSON answer.
-pub fn fhir_json(status: StatusCode, body: &Value) -> Response {
+pub fn fhir_json<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
     // Straight into bytes: `to_string` (Display) goes through fmt::Write one piece at a time.
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| body.to_string().into_bytes());
+    let bytes = match serde_json::to_vec(body) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            // Strings, numbers and string-keyed maps only: serialising cannot fail.
+            tracing::error!(error = %e, "cannot serialise an answer");
+            let internal = FhirError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                SpineCode::InternalServerError,
+                "internal error",
+            );
+            return internal.into_response();
+        }
+    };
     let mut response = (status, bytes).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     response

@@ -6,7 +6,7 @@
 //! repeated parameters are refused by name: a typo must not silently widen a search.
 
 use super::codes::{NHS_NUMBER_SYSTEM, ODS_SYSTEM, SNOMED_SYSTEM};
-use super::document_reference::resource;
+use super::document_reference::{LinkOut, SearchsetOut};
 use super::outcome::{FhirError, SpineCode};
 use crate::domain::limits::{DEFAULT_PAGE_SIZE, MAX_FILTER_VALUES, MAX_PAGE_SIZE, MAX_PAGE_TOKEN_LEN};
 use crate::domain::query::{decode_page_token, Page, PageRequest, PointerQuery};
@@ -204,31 +204,14 @@ pub fn read(parameters: &Parameters, reference: &ReferenceData) -> Result<Search
 
 /// A searchset Bundle of one page: `total`, a `self` link, and a `next` link (the query with the
 /// next page's token) while more follow.
-pub fn bundle(page: &Page, base: &str, parameters: &Parameters, next_token: Option<&str>) -> Value {
+pub fn bundle<'a>(page: &'a Page, base: &str, parameters: &Parameters, next_token: Option<&str>) -> SearchsetOut<'a> {
     let mut links =
-        vec![json!({"relation": "self", "url": format!("{base}/DocumentReference?{}", parameters.self_query())})];
+        vec![LinkOut { relation: "self", url: format!("{base}/DocumentReference?{}", parameters.self_query()) }];
     if let Some(token) = next_token {
         let next = parameters.query_string(Some(token));
-        links.push(json!({"relation": "next", "url": format!("{base}/DocumentReference?{next}")}));
+        links.push(LinkOut { relation: "next", url: format!("{base}/DocumentReference?{next}") });
     }
-    let entries: Vec<Value> = page
-        .pointers
-        .iter()
-        .map(|p| {
-            let mut entry =
-                json!({"fullUrl": format!("{base}/DocumentReference/{}", p.id), "search": {"mode": "match"}});
-            // Moved in, not through json!: json! serialises a Value it is given into a deep copy.
-            entry["resource"] = resource(p);
-            entry
-        })
-        .collect();
-    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total});
-    bundle["link"] = Value::Array(links);
-    // FHIR JSON has no empty arrays: a page without matches leaves `entry` out.
-    if !entries.is_empty() {
-        bundle["entry"] = Value::Array(entries);
-    }
-    bundle
+    SearchsetOut::new(page.total, links, base, &page.pointers)
 }
 
 /// The Bundle answering `_summary=count` and `_count`: the total, no entries. Its self link is the

@@ -1,11 +1,20 @@
-//! Pointer files for `create` and `supersede`: JSON shaped like `PointerInput`, with enums by name
-//! and the document date in RFC 3339. Unknown fields are refused so a typo (`"nhs_numbr"`) is
-//! reported here instead of being silently dropped.
+//! Pointer files for `create`, `supersede` and `import`: JSON shaped like `PointerInput`, in either
+//! of two spellings, with the document date in RFC 3339:
+//! - the CLI's short form: proto field names (`nhs_number`) and enums by their short names (`"SSP"`,
+//!   `"STATIC"`);
+//! - the canonical protobuf JSON mapping, what grpcurl and generated clients speak: lowerCamelCase
+//!   names (`nhsNumber`; proto names are accepted too) and enums by their full names
+//!   (`"RETRIEVAL_MECHANISM_SSP"`) or numbers.
+//!
+//! Unknown fields are refused in both, so a typo (`"nhs_numbr"`) is reported here instead of being
+//! silently dropped.
 
 use crate::proto::nrl::v1 as pb;
 use chrono::{DateTime, FixedOffset};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use serde::Deserialize;
 use std::io::Read;
+use std::sync::OnceLock;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,9 +132,40 @@ impl From<ContentFile> for pb::Content {
     }
 }
 
-/// Parses the text of a pointer file. The error names the line and column.
+/// `nrl.v1.PointerInput` as the descriptor set compiled into the binary describes it.
+fn pointer_input_descriptor() -> Result<&'static MessageDescriptor, String> {
+    static DESCRIPTOR: OnceLock<Result<MessageDescriptor, String>> = OnceLock::new();
+    DESCRIPTOR
+        .get_or_init(|| {
+            let pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
+            pool.get_message_by_name("nrl.v1.PointerInput").ok_or_else(|| "no nrl.v1.PointerInput".to_string())
+        })
+        .as_ref()
+        .map_err(|e| format!("the descriptor set compiled into the binary does not load: {e}"))
+}
+
+/// Reads the canonical protobuf JSON mapping with prost-reflect (unknown fields refused).
+fn parse_canonical(json: &str) -> Result<pb::PointerInput, serde_json::Error> {
+    let descriptor = pointer_input_descriptor().map_err(serde::de::Error::custom)?;
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let message = DynamicMessage::deserialize(descriptor.clone(), &mut deserializer)?;
+    deserializer.end()?;
+    message.transcode_to::<pb::PointerInput>().map_err(serde::de::Error::custom)
+}
+
+/// Parses the text of a pointer file in either spelling. When neither reads it, the error is the
+/// one of the reading that got further into the text (the short form's on a tie), since that is the
+/// spelling the author most likely meant; it names the line and column.
 pub fn parse_pointer(json: &str) -> Result<pb::PointerInput, serde_json::Error> {
-    serde_json::from_str::<PointerFile>(json).map(Into::into)
+    let short = match serde_json::from_str::<PointerFile>(json) {
+        Ok(file) => return Ok(file.into()),
+        Err(e) => e,
+    };
+    match parse_canonical(json) {
+        Ok(input) => Ok(input),
+        Err(canonical) if (canonical.line(), canonical.column()) > (short.line(), short.column()) => Err(canonical),
+        Err(_) => Err(short),
+    }
 }
 
 /// Reads and parses a pointer file, `-` meaning stdin. The error is ready to print: it names the
@@ -200,5 +240,57 @@ mod tests {
         let date = FULL.replace("2025-03-04T10:00:00+01:00", "yesterday");
         let err = parse_pointer(&date).err().map(|e| e.to_string());
         assert!(err.as_deref().is_some_and(|e| e.contains("document_date \"yesterday\"")), "{err:?}");
+    }
+
+    /// FULL in the canonical protobuf JSON mapping, as grpcurl would send it.
+    const CANONICAL: &str = r#"{
+        "nhsNumber": "943 476 5919",
+        "region": "QWO",
+        "custodian": "RR8",
+        "author": "Y05868",
+        "type": "736253002",
+        "category": "734163000",
+        "content": [{
+            "url": "https://qwo.example.nhs.uk/doc/1",
+            "contentType": "application/pdf",
+            "format": "urn:nhs-ic:unstructured",
+            "retrievalMechanism": "RETRIEVAL_MECHANISM_IN_CONTEXT",
+            "stability": "STABILITY_STATIC"
+        }],
+        "practiceSetting": {"code": "394802001", "display": "General medicine"},
+        "documentDate": "2025-03-04T10:00:00+01:00",
+        "producerReference": "DOC-1",
+        "relatedAsid": "200000000123"
+    }"#;
+
+    #[test]
+    fn the_canonical_mapping_reads_the_same_pointer_as_the_short_form() {
+        let short = parse_pointer(FULL).expect("short form");
+        let canonical = parse_pointer(CANONICAL).expect("canonical form");
+        assert_eq!(canonical, short);
+        // Proto field names with full enum names, and enums as numbers, are canonical JSON too.
+        let proto_names = FULL
+            .replace("\"IN_CONTEXT\"", "\"RETRIEVAL_MECHANISM_IN_CONTEXT\"")
+            .replace("\"STATIC\"", "\"STABILITY_STATIC\"");
+        assert_eq!(parse_pointer(&proto_names).expect("proto names, full enum names"), short);
+        let numbers = CANONICAL
+            .replace("\"RETRIEVAL_MECHANISM_IN_CONTEXT\"", &(pb::RetrievalMechanism::InContext as i32).to_string())
+            .replace("\"STABILITY_STATIC\"", &(pb::Stability::Static as i32).to_string());
+        assert_eq!(parse_pointer(&numbers).expect("enums as numbers"), short);
+    }
+
+    #[test]
+    fn a_canonical_file_with_a_mistake_gets_the_canonical_error() {
+        let typo = CANONICAL.replace("\"producerReference\"", "\"producerRef\"");
+        let err = parse_pointer(&typo).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("producerRef")), "{err:?}");
+        // The short enum name in an otherwise canonical file is the canonical reading's error.
+        let short_enum = CANONICAL.replace("RETRIEVAL_MECHANISM_IN_CONTEXT", "IN_CONTEXT");
+        let err = parse_pointer(&short_enum).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("IN_CONTEXT") && e.contains("line 12")), "{err:?}");
+        // A short-form file's mistakes keep the short form's wording.
+        let typo = FULL.replace("\"stability\"", "\"stabilty\"");
+        let err = parse_pointer(&typo).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.starts_with("unknown field `stabilty`")), "{err:?}");
     }
 }

@@ -1,4 +1,6 @@
 use super::*;
+use crate::domain::PointerStatus;
+use serde_json::json;
 
 fn context(reference: &ReferenceData) -> ReadContext<'_> {
     ReadContext { reference, default_region: None }

@@ -24,7 +24,7 @@ pub use pointer::{
     RetrievalMechanism, Stability,
 };
 pub use pointer_id::{PointerId, PointerIdCodec};
-pub use pointer_type::{CatalogueError, Coding, PointerType, PointerTypeCatalogue, PointerTypeError};
+pub use pointer_type::{is_snomed_code, CatalogueError, Coding, PointerType, PointerTypeCatalogue, PointerTypeError};
 pub use reference::ReferenceData;
 pub use region::{
     DirectoryError, Endpoint, Region, RegionCode, RegionDirectory, RegionError, RegionKind, LOCATOR_ENDPOINT,

@@ -60,8 +60,9 @@ struct TypeEntry {
 
 const DEFAULT_CATALOGUE: &str = include_str!("data/pointer_types.json");
 
-fn is_snomed_code(code: &str) -> bool {
-    (6..=18).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit())
+/// A SNOMED CT concept id as the registry takes one: 6 to 18 digits.
+pub fn is_snomed_code(code: &str) -> bool {
+    (6..=super::limits::MAX_CODE_LEN).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl PointerTypeCatalogue {

@@ -136,7 +136,7 @@ fn is_fhir_id(text: &str) -> bool {
 
 /// One page of the log as a searchset Bundle, newest first, with a `next` link while more follow.
 pub fn bundle(page: &EventPage, base: &str, parameters: &Parameters) -> Value {
-    let url = |token: Option<&str>| format!("{base}/AuditEvent?{}", query_string(parameters, token));
+    let url = |token: Option<&str>| format!("{base}/AuditEvent?{}", parameters.encode(&PARAMETERS, token));
     let mut links = vec![json!({"relation": "self", "url": url(parameters.get(PAGE_TOKEN))})];
     if let Some(next) = &page.next_before {
         links.push(json!({"relation": "next", "url": url(Some(next))}));
@@ -158,17 +158,4 @@ pub fn bundle(page: &EventPage, base: &str, parameters: &Parameters) -> Value {
         bundle["entry"] = Value::Array(entries);
     }
     bundle
-}
-
-fn query_string(parameters: &Parameters, token: Option<&str>) -> String {
-    let mut out = form_urlencoded::Serializer::new(String::new());
-    for name in [PATIENT, ENTITY, COUNT, FORMAT] {
-        if let Some(value) = parameters.get(name) {
-            out.append_pair(name, value);
-        }
-    }
-    if let Some(token) = token {
-        out.append_pair(PAGE_TOKEN, token);
-    }
-    out.finish()
 }

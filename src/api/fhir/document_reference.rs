@@ -350,7 +350,7 @@ fn content(input: &ContentIn, field: &str) -> Result<Content> {
 fn practice_setting(concept: &CodeableConcept) -> Result<Coding> {
     let field = "context.practiceSetting";
     let code = single_coding(concept, field, SNOMED_SYSTEM)?;
-    if !(6..=18).contains(&code.len()) || !code.bytes().all(|b| b.is_ascii_digit()) {
+    if !crate::domain::is_snomed_code(code) {
         return Err(bad_code(&format!("{field}.coding[0].code"), "must be a SNOMED CT code (6 to 18 digits)"));
     }
     let display = concept.coding[0].display.as_deref().unwrap_or("").trim();

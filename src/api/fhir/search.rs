@@ -83,8 +83,14 @@ impl Parameters {
     /// The parameters as a query string, in [`PARAMETERS`] order, with `token` as the page token
     /// (none: without one).
     pub fn query_string(&self, token: Option<&str>) -> String {
+        self.encode(&PARAMETERS, token)
+    }
+
+    /// The parameters among `names` (in that order, the page token aside), then `token` as the
+    /// page token.
+    pub fn encode(&self, names: &[&str], token: Option<&str>) -> String {
         let mut out = form_urlencoded::Serializer::new(String::new());
-        for name in PARAMETERS.iter().filter(|n| **n != PAGE_TOKEN) {
+        for name in names.iter().filter(|n| **n != PAGE_TOKEN) {
             if let Some(value) = self.0.get(name) {
                 out.append_pair(name, value);
             }

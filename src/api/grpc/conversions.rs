@@ -3,8 +3,8 @@
 //! names the offending field (`pointer.content[0].url`); domain → proto cannot fail.
 
 use crate::domain::limits::{
-    DEFAULT_PAGE_SIZE, MAX_CODE_LEN, MAX_CONTENT, MAX_DISPLAY_LEN, MAX_FILTER_VALUES, MAX_PAGE_SIZE,
-    MAX_PAGE_TOKEN_LEN, MAX_SUPERSEDES,
+    DEFAULT_PAGE_SIZE, MAX_CONTENT, MAX_DISPLAY_LEN, MAX_FILTER_VALUES, MAX_PAGE_SIZE, MAX_PAGE_TOKEN_LEN,
+    MAX_SUPERSEDES,
 };
 use crate::domain::locate::RegionSummary;
 use crate::domain::query::{decode_page_token, PageRequest, PointerQuery};
@@ -58,7 +58,7 @@ fn snomed_code(input: &str, field: &str) -> Result<String> {
     if code.is_empty() {
         return Err(RegistryError::invalid(field, "is required"));
     }
-    if code.len() > MAX_CODE_LEN || code.len() < 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+    if !crate::domain::is_snomed_code(code) {
         return Err(RegistryError::invalid(field, "must be a SNOMED CT code (6 to 18 digits)"));
     }
     Ok(code.to_string())

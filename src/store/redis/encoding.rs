@@ -163,7 +163,7 @@ pub fn decode(
         .into_iter()
         .map(|c| {
             Ok(Content {
-                url: ContentUrl::parse(&c.url).map_err(corrupt("content url"))?,
+                url: ContentUrl::from_stored(c.url).map_err(corrupt("content url"))?,
                 content_type: at(ContentType::ALL, c.content_type, "content type")?,
                 format: at(ContentFormat::ALL, c.format, "format")?,
                 retrieval_mechanism: at(RetrievalMechanism::ALL, c.retrieval_mechanism, "retrieval mechanism")?,

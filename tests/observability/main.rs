@@ -3,6 +3,7 @@
 //! admin listener on port 0, scraped over a real socket. Also: every metric the shipped alerts and
 //! Grafana dashboard (helm/nrl-registry/files) name is one the server exports.
 
+mod prometheus;
 mod shipped;
 
 use nrl_registry::config::{ServerConfig, StoreConfig};
@@ -365,7 +366,7 @@ async fn fhir_requests_are_counted_by_interaction_and_status_without_patient_dat
 /// A server that has been through what the shipped alerts watch for, and a national node
 /// following two regional nodes (real processes), one of which is then killed: together they
 /// give every family the alerts and the dashboard name a sample (a family shows in a scrape only
-/// once it has one). The server served gRPC and FHIR calls, refused one, and turned a
+/// once it has one). The server served gRPC and FHIR calls, refused one of each, and turned a
 /// connection away while a Health/Watch kept its only connection busy.
 struct Exercised {
     server: TestServer,
@@ -387,10 +388,13 @@ impl Exercised {
         let (server, admin) = start_with(config).await;
         let mut registry = server.registry();
         let patient = new_patient();
-        registry
+        let created = registry
             .create_pointer(pb::CreatePointerRequest { pointer: Some(input(&patient, "QWO", "RR8", CRISIS_PLAN)) })
             .await
-            .expect("create");
+            .expect("create")
+            .into_inner();
+        let id = created.pointer.expect("the created pointer").id;
+        registry.get_pointer(pb::GetPointerRequest { id }).await.expect("get");
         let invalid =
             pb::SearchPointersRequest { query: Some(testkit::fixtures::query("9434765918")), ..Default::default() };
         assert_eq!(registry.search_pointers(invalid).await.expect_err("refused").code(), Code::InvalidArgument);
@@ -398,6 +402,8 @@ impl Exercised {
         let base = server.fhir_base();
         let search = format!("{base}/DocumentReference?subject:identifier=https://fhir.nhs.uk/Id/nhs-number|{patient}");
         assert_eq!(http.get(&search).send().await.expect("FHIR search").status().as_u16(), 200);
+        let bad = http.get(format!("{base}/DocumentReference?subject:identifier=123")).send().await;
+        assert_eq!(bad.expect("bad FHIR search").status().as_u16(), 400);
         let mut health = HealthClient::new(server.channel.clone());
         let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.expect("watch").into_inner();
         watch.message().await.expect("first status").expect("a status");

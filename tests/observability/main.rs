@@ -3,13 +3,15 @@
 //! admin listener on port 0, scraped over a real socket. Also: every metric the shipped alerts and
 //! Grafana dashboard (helm/nrl-registry/files) name is one the server exports.
 
+mod prometheus;
+mod shipped;
+
 use nrl_registry::config::{ServerConfig, StoreConfig};
 use nrl_registry::proto::nrl::v1 as pb;
 use nrl_registry::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
 use nrl_registry::store::redis::RedisConfig;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 use testkit::fixtures::{input, new_patient, CRISIS_PLAN};
 use testkit::nodes::{Federation, FederationPlan};
@@ -361,56 +363,86 @@ async fn fhir_requests_are_counted_by_interaction_and_status_without_patient_dat
     assert!(!text.contains(&patient), "the NHS number is in /metrics");
 }
 
+/// A server that has been through what the shipped alerts watch for, and a national node
+/// following two regional nodes (real processes), one of which is then killed: together they
+/// give every family the alerts and the dashboard name a sample (a family shows in a scrape only
+/// once it has one). The server served gRPC and FHIR calls, refused one of each, and turned a
+/// connection away while a Health/Watch kept its only connection busy.
+struct Exercised {
+    server: TestServer,
+    /// The server's admin listener.
+    admin: SocketAddr,
+    /// The national node's admin listener.
+    national_admin: SocketAddr,
+    federation: Federation,
+    /// Holds the server's one connection open.
+    watch: tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+}
+
+impl Exercised {
+    async fn start() -> Self {
+        let mut config = ServerConfig::for_tests();
+        config.fhir.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        // One connection: the harness's own, which a Health/Watch below keeps busy.
+        config.limits.connections.max_connections = 1;
+        let (server, admin) = start_with(config).await;
+        let mut registry = server.registry();
+        let patient = new_patient();
+        let created = registry
+            .create_pointer(pb::CreatePointerRequest { pointer: Some(input(&patient, "QWO", "RR8", CRISIS_PLAN)) })
+            .await
+            .expect("create")
+            .into_inner();
+        let id = created.pointer.expect("the created pointer").id;
+        registry.get_pointer(pb::GetPointerRequest { id }).await.expect("get");
+        let invalid =
+            pb::SearchPointersRequest { query: Some(testkit::fixtures::query("9434765918")), ..Default::default() };
+        assert_eq!(registry.search_pointers(invalid).await.expect_err("refused").code(), Code::InvalidArgument);
+        let http = testkit::reqwest::Client::new();
+        let base = server.fhir_base();
+        let search = format!("{base}/DocumentReference?subject:identifier=https://fhir.nhs.uk/Id/nhs-number|{patient}");
+        assert_eq!(http.get(&search).send().await.expect("FHIR search").status().as_u16(), 200);
+        let bad = http.get(format!("{base}/DocumentReference?subject:identifier=123")).send().await;
+        assert_eq!(bad.expect("bad FHIR search").status().as_u16(), 400);
+        let mut health = HealthClient::new(server.channel.clone());
+        let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.expect("watch").into_inner();
+        watch.message().await.expect("first status").expect("a status");
+        let newcomer = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr)).expect("url");
+        // Refused at the handshake or at the first call, whichever the GOAWAY reaches first.
+        let refused = match newcomer.connect().await {
+            Ok(channel) => HealthClient::new(channel).check(HealthCheckRequest::default()).await.is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "a connection past the cap, with every connection busy, is refused");
+
+        let mut plan = FederationPlan::memory(&["QWO", "QF7"]);
+        let national_admin = SocketAddr::from(([127, 0, 0, 1], testkit::ports::free_port()));
+        plan.national_args = vec!["--admin-listen".into(), national_admin.to_string()];
+        let mut federation = Federation::start(plan).await;
+        let mut qwo = PointerRegistryClient::new(federation.node("QWO").channel());
+        qwo.create_pointer(pb::CreatePointerRequest { pointer: Some(input(&patient, "QWO", "RR8", CRISIS_PLAN)) })
+            .await
+            .expect("create at the regional node");
+        federation.node_mut("QF7").kill9();
+        Self { server, admin, national_admin, federation, watch }
+    }
+
+    async fn stop(self) {
+        drop(self.federation);
+        drop(self.watch);
+        self.server.stop().await.expect("stop");
+    }
+}
+
 /// The alerts (`alerts.yaml`) and the dashboard (`dashboard.json`) the chart ships name only
 /// metrics the server exports, so a renamed metric fails here rather than leaving an alert that
 /// never fires. promtool (helm/check.sh) checks their syntax and the alerts' logic; this checks
-/// their names against real scrapes. A family shows in a scrape only once it has a sample, so the
-/// scrapes come from servers that have been through what the alerts watch for: a node that served
-/// gRPC and FHIR calls, refused one and turned a connection away, and a national node following
-/// two regional nodes (real processes), one of which is then killed.
+/// their names against real scrapes of servers that have been through what the alerts watch for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_shipped_alerts_and_dashboard_name_is_exported() {
-    let shipped = shipped_metric_names();
-
-    let mut config = ServerConfig::for_tests();
-    config.fhir.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    // One connection: the harness's own, which a Health/Watch below keeps busy.
-    config.limits.connections.max_connections = 1;
-    let (server, admin) = start_with(config).await;
-    let mut registry = server.registry();
-    let patient = new_patient();
-    registry
-        .create_pointer(pb::CreatePointerRequest { pointer: Some(input(&patient, "QWO", "RR8", CRISIS_PLAN)) })
-        .await
-        .expect("create");
-    let invalid =
-        pb::SearchPointersRequest { query: Some(testkit::fixtures::query("9434765918")), ..Default::default() };
-    assert_eq!(registry.search_pointers(invalid).await.expect_err("refused").code(), Code::InvalidArgument);
-    let http = testkit::reqwest::Client::new();
-    let base = server.fhir_base();
-    let search = format!("{base}/DocumentReference?subject:identifier=https://fhir.nhs.uk/Id/nhs-number|{patient}");
-    assert_eq!(http.get(&search).send().await.expect("FHIR search").status().as_u16(), 200);
-    let mut health = HealthClient::new(server.channel.clone());
-    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.expect("watch").into_inner();
-    watch.message().await.expect("first status").expect("a status");
-    let newcomer = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr)).expect("url");
-    // Refused at the handshake or at the first call, whichever the GOAWAY reaches first.
-    let refused = match newcomer.connect().await {
-        Ok(channel) => HealthClient::new(channel).check(HealthCheckRequest::default()).await.is_err(),
-        Err(_) => true,
-    };
-    assert!(refused, "a connection past the cap, with every connection busy, is refused");
-
-    let mut plan = FederationPlan::memory(&["QWO", "QF7"]);
-    let national_admin = SocketAddr::from(([127, 0, 0, 1], testkit::ports::free_port()));
-    plan.national_args = vec!["--admin-listen".into(), national_admin.to_string()];
-    let mut federation = Federation::start(plan).await;
-    let mut qwo = PointerRegistryClient::new(federation.node("QWO").channel());
-    qwo.create_pointer(pb::CreatePointerRequest { pointer: Some(input(&patient, "QWO", "RR8", CRISIS_PLAN)) })
-        .await
-        .expect("create at the regional node");
-    federation.node_mut("QF7").kill9();
-
+    let shipped = shipped::metric_names();
+    let nodes = Exercised::start().await;
+    let (admin, national_admin) = (nodes.admin, nodes.national_admin);
     let what = "every metric the chart's alerts and dashboard name, in a scrape";
     testkit::eventually(what, Duration::from_secs(30), || async {
         let scrapes = [try_get(admin, "/metrics").await?.1, try_get(national_admin, "/metrics").await?.1];
@@ -427,40 +459,7 @@ async fn every_metric_the_shipped_alerts_and_dashboard_name_is_exported() {
         }
     })
     .await;
-    drop(federation);
-    drop(watch);
-    server.stop().await.expect("stop");
-}
-
-/// A metric name in a shipped file: in a query, where it must be a series a scrape shows, or in
-/// prose (a summary, a description), where a family's name will do.
-struct Named {
-    name: String,
-    source: &'static str,
-    in_query: bool,
-}
-
-/// Every `nrl_*` name in helm/nrl-registry/files/alerts.yaml and dashboard.json.
-fn shipped_metric_names() -> Vec<Named> {
-    let files = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/nrl-registry/files");
-    let alerts = std::fs::read_to_string(files.join("alerts.yaml")).expect("read alerts.yaml");
-    let dashboard = std::fs::read_to_string(files.join("dashboard.json")).expect("read dashboard.json");
-    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard.json is JSON");
-    let mut dashboard_queries = Vec::new();
-    json_strings(&dashboard, &["expr", "definition"], &mut dashboard_queries);
-    let sources = [
-        ("alerts.yaml, expr", alert_exprs(&alerts), true),
-        ("dashboard.json, query", dashboard_queries, true),
-        ("alerts.yaml", vec![alerts], false),
-        ("dashboard.json", vec![dashboard.to_string()], false),
-    ];
-    let mut named = Vec::new();
-    for (source, texts, in_query) in sources {
-        let names: BTreeSet<String> = texts.iter().flat_map(|text| metric_names(text)).collect();
-        assert!(names.contains("nrl_store_up") && names.len() > 5, "{source}: read no metric names: {names:?}");
-        named.extend(names.into_iter().map(|name| Named { name, source, in_query }));
-    }
-    named
+    nodes.stop().await;
 }
 
 /// What scrapes offer a query: each family from its `# TYPE` line, with the series names its
@@ -495,62 +494,7 @@ impl Exported {
         Self { series, families }
     }
 
-    fn knows(&self, named: &Named) -> bool {
+    fn knows(&self, named: &shipped::Named) -> bool {
         self.series.contains(&named.name) || (!named.in_query && self.families.contains(&named.name))
-    }
-}
-
-/// Every `nrl_…` metric name in `text`.
-fn metric_names(text: &str) -> BTreeSet<String> {
-    let is_name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let mut names = BTreeSet::new();
-    for (at, _) in text.match_indices("nrl_") {
-        if text[..at].chars().next_back().is_some_and(is_name_char) {
-            continue;
-        }
-        let name: String = text[at..].chars().take_while(|c| is_name_char(*c)).collect();
-        // `nrl_*` in prose is a pattern, not a name.
-        if name.len() > "nrl_".len() {
-            names.insert(name);
-        }
-    }
-    names
-}
-
-/// The `expr` of every rule in a Prometheus rules file: inline (`expr: x`) or a block (`expr: |`).
-fn alert_exprs(rules: &str) -> Vec<String> {
-    let mut exprs = Vec::new();
-    let mut lines = rules.lines().peekable();
-    while let Some(line) = lines.next() {
-        let Some(value) = line.trim_start().strip_prefix("expr:") else { continue };
-        if !value.trim().starts_with('|') {
-            exprs.push(value.trim().to_string());
-            continue;
-        }
-        let indent = line.len() - line.trim_start().len();
-        let mut block = String::new();
-        while let Some(next) = lines.next_if(|next| next.len() - next.trim_start().len() > indent) {
-            block.push_str(next.trim());
-            block.push('\n');
-        }
-        exprs.push(block);
-    }
-    assert!(exprs.len() >= 10, "read only {} exprs from the rules file", exprs.len());
-    exprs
-}
-
-/// The string values under any of `keys`, anywhere in `value` (a dashboard's queries).
-fn json_strings(value: &serde_json::Value, keys: &[&str], found: &mut Vec<String>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, value) in map {
-                match value {
-                    serde_json::Value::String(text) if keys.contains(&key.as_str()) => found.push(text.clone()),
-                    _ => json_strings(value, keys, found),
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter().for_each(|item| json_strings(item, keys, found)),
-        _ => {}
     }
 }

@@ -17,6 +17,15 @@ pub const DEFAULT_BUDGET: Duration = Duration::from_millis(2000);
 /// Kept back from each regional call's budget for merging and answering.
 pub const MARGIN: Duration = Duration::from_millis(25);
 
+/// The time by which every region must have answered: the caller's budget less what is kept back
+/// to merge, audit and send the answer. A tenth of the budget, at least [`MARGIN`] and at most
+/// 250 ms: a fixed 25 ms was too little on a loaded machine, where auditing the search and
+/// answering took longer and the partial answer reached the caller after its own deadline.
+pub fn regions_deadline(start: std::time::Instant, budget: Duration) -> std::time::Instant {
+    let kept = (budget / 10).clamp(MARGIN, Duration::from_millis(250));
+    start + budget.saturating_sub(kept)
+}
+
 /// The caller's budget: `deadline_ms` when given, else the call's own deadline, else the default.
 pub fn budget(deadline_ms: u32, call_deadline: Option<Duration>) -> Duration {
     if deadline_ms > 0 {
@@ -134,6 +143,19 @@ mod tests {
         assert_eq!(overall(&[answer(RegionOutcome::Ok), answer(RegionOutcome::NoMatch)]), Overall::Success);
         assert_eq!(overall(&[answer(RegionOutcome::Ok), answer(RegionOutcome::Timeout)]), Overall::Partial);
         assert_eq!(overall(&[answer(RegionOutcome::Unavailable)]), Overall::Failure);
+    }
+
+    #[test]
+    fn regions_get_the_budget_less_a_tenth_kept_to_answer_within_bounds() {
+        let start = std::time::Instant::now();
+        let kept = |budget_ms: u64| {
+            let budget = Duration::from_millis(budget_ms);
+            budget - regions_deadline(start, budget).duration_since(start)
+        };
+        assert_eq!(kept(800), Duration::from_millis(80));
+        assert_eq!(kept(100), MARGIN, "never less than MARGIN");
+        assert_eq!(kept(10_000), Duration::from_millis(250), "never more than 250 ms");
+        assert_eq!(kept(10), Duration::from_millis(10), "a budget under MARGIN leaves the regions none");
     }
 
     #[test]

@@ -58,11 +58,27 @@ impl<T: Message> Encoder for ResponseEncoder<T> {
     type Error = Status;
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        let mut bytes = Vec::with_capacity(item.encoded_len());
-        item.encode_raw(&mut bytes);
-        buf.put_slice(&bytes);
+        SCRATCH.with_borrow_mut(|bytes| {
+            bytes.clear();
+            item.encode_raw(bytes);
+            buf.put_slice(bytes);
+            // A rare large answer (a page of the largest pointers is ~1 MiB) does not stay
+            // allocated on every worker thread.
+            if bytes.capacity() > SCRATCH_KEPT {
+                *bytes = Vec::new();
+            }
+        });
         Ok(())
     }
+}
+
+/// The most a thread's scratch buffer keeps between answers.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
+thread_local! {
+    /// Each worker thread's buffer for [`ResponseEncoder`]: reused, so an answer costs no
+    /// allocation and no `encoded_len` pass of its own to size one.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Decodes one request message of type `U`.

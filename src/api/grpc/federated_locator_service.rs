@@ -91,7 +91,8 @@ impl FederatedLocatorService {
         request: Request<pb::FederatedSearchRequest>,
     ) -> Result<Plan, Status> {
         let call_deadline = deadline_of(request.metadata().as_ref());
-        let deadline = Instant::now() + fanout::budget(request.get_ref().deadline_ms, call_deadline);
+        let deadline =
+            fanout::regions_deadline(Instant::now(), fanout::budget(request.get_ref().deadline_ms, call_deadline));
         let mut forwarded = MetadataMap::new();
         for name in FORWARDED {
             if let Some(value) = request.metadata().get(name) {

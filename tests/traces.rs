@@ -5,7 +5,8 @@
 //! 1. A FederatedSearch over a national and two regional nodes is one trace: the caller's trace
 //!    (its `traceparent` and `tracestate`) when it sends one, else one the national node starts; a
 //!    server span on every node, each regional one the child of the national node's client span
-//!    for that region; every node named by its resource attributes; no NHS number anywhere.
+//!    for that region (the streaming variant too); every node named by its resource attributes; no
+//!    NHS number anywhere.
 //! 2. An invalid `traceparent`, or one whose ids hold an NHS number, starts a new trace; the FHIR
 //!    listener continues the caller's trace as the gRPC one does.
 //! 3. A collector that is not there, or that takes each export and never answers, neither fails
@@ -110,10 +111,10 @@ struct SearchTrace {
     regional: BTreeMap<String, ExportedSpan>,
 }
 
-async fn search_trace(receiver: &OtlpReceiver, request_id: &str) -> SearchTrace {
-    let (trace, _) = eventually(&format!("the spans of FederatedSearch {request_id}"), EXPORTED_WITHIN, || async {
+async fn search_trace(receiver: &OtlpReceiver, method: &str, request_id: &str) -> SearchTrace {
+    let (trace, _) = eventually(&format!("the spans of {method} {request_id}"), EXPORTED_WITHIN, || async {
         let spans = receiver.spans();
-        let national = span_of(&spans, FEDERATED_SEARCH, request_id, "national")?.clone();
+        let national = span_of(&spans, method, request_id, "national")?.clone();
         let in_trace: Vec<&ExportedSpan> = spans.iter().filter(|s| s.trace_id() == national.trace_id()).collect();
         let mut clients = BTreeMap::new();
         let mut regional = BTreeMap::new();
@@ -169,7 +170,7 @@ async fn a_federated_search_is_one_trace_with_a_span_on_every_node() {
         .into_inner();
     assert_eq!(answer.overall, pb::OverallOutcome::Success as i32);
     assert_eq!(answer.pointers.len(), 2);
-    let trace = search_trace(&receiver, "otel-caller-trace").await;
+    let trace = search_trace(&receiver, FEDERATED_SEARCH, "otel-caller-trace").await;
 
     assert_eq!(trace.national.trace_id(), trace_id, "the national node continues the caller's trace");
     assert_eq!(trace.national.parent_id(), caller_span, "its server span is the child of the caller's span");
@@ -198,12 +199,29 @@ async fn a_federated_search_is_one_trace_with_a_span_on_every_node() {
     assert_eq!(trace.national.attribute("rpc.method").as_deref(), Some("FederatedSearch"));
 
     // No traceparent: the national node starts the trace, and it still spans the three nodes.
-    client.federated_search(traced(search, None, "otel-root-trace")).await.expect("FederatedSearch");
-    let trace = search_trace(&receiver, "otel-root-trace").await;
+    client.federated_search(traced(search.clone(), None, "otel-root-trace")).await.expect("FederatedSearch");
+    let trace = search_trace(&receiver, FEDERATED_SEARCH, "otel-root-trace").await;
     assert!(trace.national.parent_id().is_empty(), "a root on the national node");
     assert_ne!(trace.national.trace_id(), trace_id);
     for region in [A, B] {
         assert_eq!(trace.regional[region].trace_id(), trace.national.trace_id(), "{region} is in the same trace");
+        assert_eq!(trace.regional[region].parent_id(), trace.clients[region].span_id());
+    }
+
+    // The streaming variant asks each region from a task of its own, still within the call's trace.
+    let (stream_trace, stream_parent) = (random_id(16), random_id(8));
+    let traceparent = format!("00-{stream_trace}-{stream_parent}-01");
+    let mut stream = client
+        .federated_search_stream(traced(search, Some(&traceparent), "otel-stream"))
+        .await
+        .expect("FederatedSearchStream")
+        .into_inner();
+    while stream.message().await.expect("a region's result").is_some() {}
+    let trace = search_trace(&receiver, "nrl.v1.FederatedLocator/FederatedSearchStream", "otel-stream").await;
+    assert_eq!((trace.national.trace_id(), trace.national.parent_id()), (stream_trace.clone(), stream_parent));
+    for region in [A, B] {
+        assert_eq!(trace.clients[region].parent_id(), trace.national.span_id(), "{region}: the ask is within the call");
+        assert_eq!(trace.regional[region].trace_id(), stream_trace, "{region} is in the caller's trace");
         assert_eq!(trace.regional[region].parent_id(), trace.clients[region].span_id());
     }
 

@@ -19,7 +19,7 @@
 use crate::domain::NhsNumber;
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{Status, TracerProvider as _};
+use opentelemetry::trace::{Status as SpanStatus, TracerProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -206,7 +206,7 @@ pub fn grpc_status(span: &Span, code: tonic::Code, failed: bool) {
     }
     span.set_attribute("rpc.grpc.status_code", code as i64);
     if failed {
-        span.set_status(Status::error(format!("{code:?}")));
+        span.set_status(SpanStatus::error(format!("{code:?}")));
     }
 }
 
@@ -217,7 +217,7 @@ pub fn http_status(span: &Span, status: u16) {
     }
     span.set_attribute("http.response.status_code", i64::from(status));
     if status >= 500 {
-        span.set_status(Status::error(status.to_string()));
+        span.set_status(SpanStatus::error(status.to_string()));
     }
 }
 

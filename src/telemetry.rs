@@ -194,16 +194,21 @@ where
             request.headers_mut().insert(REQUEST_ID_HEADER, header.clone());
         }
         let method = self.methods.label(request.uri().path());
-        // `otel.*` stay empty, and out of the logs, unless traces are exported.
-        let span = tracing::info_span!(
-            "rpc",
-            method = %method,
-            request_id = %id,
-            caller_org = tracing::field::Empty,
-            otel.name = tracing::field::Empty,
-            otel.kind = tracing::field::Empty,
-        );
-        otel::grpc_server_span(&span, request.headers(), &method);
+        let span = if otel::enabled() {
+            // The same span, with room for its name and kind in the trace (`otel::grpc_server_span`).
+            let span = tracing::info_span!(
+                "rpc",
+                method = %method,
+                request_id = %id,
+                caller_org = tracing::field::Empty,
+                otel.name = tracing::field::Empty,
+                otel.kind = tracing::field::Empty,
+            );
+            otel::grpc_server_span(&span, request.headers(), &method);
+            span
+        } else {
+            tracing::info_span!("rpc", method = %method, request_id = %id, caller_org = tracing::field::Empty)
+        };
         request.extensions_mut().insert(RequestId(id));
         let inner = span.in_scope(|| self.inner.call(request));
         RequestIdFuture { inner: inner.instrument(span), header }

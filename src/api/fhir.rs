@@ -185,9 +185,9 @@ async fn request_ids(State(api): State<FhirApi>, request: Request, next: Next) -
         .map(str::to_string);
     let path = request.uri().path();
     let path = if telemetry::has_digit_run(path) || path.len() > 200 { telemetry::REDACTED } else { path };
-    let span = tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path,
-        caller_org = tracing::field::Empty, otel.name = tracing::field::Empty, otel.kind = tracing::field::Empty);
-    if otel::enabled() {
+    let span = if otel::enabled() {
+        let span = tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path,
+            caller_org = tracing::field::Empty, otel.name = tracing::field::Empty, otel.kind = tracing::field::Empty);
         // Any method but the standard ones is `_OTHER`: a caller chooses the method's text.
         let method = request.method();
         let known =
@@ -195,7 +195,10 @@ async fn request_ids(State(api): State<FhirApi>, request: Request, next: Next) -
         let method = if known.contains(method) { method.as_str() } else { "_OTHER" };
         let attributes = [("http.request.method", method), ("nrl.fhir.interaction", interaction)];
         otel::server_span(&span, request.headers(), &format!("FHIR {interaction}"), &attributes);
-    }
+        span
+    } else {
+        tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path, caller_org = tracing::field::Empty)
+    };
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     otel::http_status(&span, status);

@@ -267,6 +267,11 @@ async fn unusable_trace_context_starts_a_new_trace_and_fhir_continues_the_caller
         .await
         .expect("GET /metadata");
     assert_eq!(answer.status(), 200);
+    // An extension method is the caller's own text: it must not leave in a span.
+    let method = testkit::reqwest::Method::from_bytes(b"NHS9434765919").expect("an extension method");
+    let odd = client.request(method, format!("http://{fhir}/FHIR/R4/metadata")).header("x-request-id", "otel-fhir-odd");
+    let answer = odd.send().await.expect("an odd method");
+    assert!(answer.status().is_client_error(), "{}", answer.status());
 
     let (spans, _) = eventually("every call's span exported", EXPORTED_WITHIN, || async {
         let spans = receiver.spans();
@@ -274,6 +279,10 @@ async fn unusable_trace_context_starts_a_new_trace_and_fhir_continues_the_caller
             span_of(&spans, SEARCH_POINTERS, request_id, "central")?;
         }
         span_of(&spans, "FHIR capabilities", "otel-fhir", "central")?;
+        spans
+            .iter()
+            .find(|s| s.attribute("request_id").as_deref() == Some("otel-fhir-odd"))
+            .ok_or("no odd span yet")?;
         Ok(spans)
     })
     .await;
@@ -292,7 +301,10 @@ async fn unusable_trace_context_starts_a_new_trace_and_fhir_continues_the_caller
     assert_eq!(fhir_span.span.kind, 2, "a server span");
     assert_eq!(fhir_span.attribute("http.response.status_code").as_deref(), Some("200"));
     assert_eq!(fhir_span.attribute("http.request.method").as_deref(), Some("GET"));
-    assert_no_patient_data(&spans, &[&patient]);
+    let odd = spans.iter().find(|s| s.attribute("request_id").as_deref() == Some("otel-fhir-odd")).expect("span");
+    assert_eq!(odd.attribute("http.request.method").as_deref(), Some("_OTHER"));
+    assert_eq!(odd.attribute("method").as_deref(), Some("_OTHER"));
+    assert_no_patient_data(&spans, &[&patient, "9434765919"]);
 }
 
 /// `calls` SearchPointers over `concurrency` tasks; every one must succeed. Returns the slowest.

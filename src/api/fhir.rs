@@ -186,13 +186,14 @@ async fn request_ids(State(api): State<FhirApi>, request: Request, next: Next) -
     let path = request.uri().path();
     let path = if telemetry::has_digit_run(path) || path.len() > 200 { telemetry::REDACTED } else { path };
     let span = if otel::enabled() {
-        let span = tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path,
-            caller_org = tracing::field::Empty, otel.name = tracing::field::Empty, otel.kind = tracing::field::Empty);
-        // Any method but the standard ones is `_OTHER`: a caller chooses the method's text.
+        // Any method but the standard ones is `_OTHER`: the caller chooses an extension method's
+        // text, which could hold a patient's number; in an exported span it must not.
         let method = request.method();
         let known =
             [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::HEAD, Method::OPTIONS, Method::PATCH];
         let method = if known.contains(method) { method.as_str() } else { "_OTHER" };
+        let span = tracing::info_span!("fhir", request_id = %id, method = %method, path = %path,
+            caller_org = tracing::field::Empty, otel.name = tracing::field::Empty, otel.kind = tracing::field::Empty);
         let attributes = [("http.request.method", method), ("nrl.fhir.interaction", interaction)];
         otel::server_span(&span, request.headers(), &format!("FHIR {interaction}"), &attributes);
         span

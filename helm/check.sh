@@ -256,6 +256,7 @@ must_fail "needs store.redis.url" -f "$chart/ci/redis-values.yaml" --set store.r
 must_fail "needs store.redisCluster.nodes" -f "$chart/ci/redis-cluster-values.yaml" --set store.redisCluster.nodes=null
 must_fail "service.fhirPort (50051) must differ" "${memory[@]}" --set service.fhirPort=50051
 must_fail "fhir.enabled: Invalid type" "${memory[@]}" --set fhir.enabled=yes
+must_fail "config.otlpEndpoint: Does not match pattern" "${memory[@]}" --set config.otlpEndpoint=otel-collector:4317
 must_fail "auth.mtls.enabled needs tls.enabled" -f "$chart/ci/redis-cluster-values.yaml" --set tls.enabled=false
 
 echo "chart checks passed"

@@ -8,6 +8,7 @@ use crate::auth::Authenticator;
 use crate::domain::ReferenceData;
 use crate::domain::{PointerTypeCatalogue, RegionCode, RegionDirectory};
 use crate::limits::{self, ConnectionLimits, LimitsConfig};
+use crate::otel::OtlpConfig;
 use crate::store::redis::RedisConfig;
 use auth::auth_config;
 use clap::parser::ValueSource;
@@ -23,6 +24,7 @@ use std::time::Duration;
 mod auth;
 mod fhir_listen;
 mod limits_flags;
+mod otlp;
 mod tls;
 
 pub use tls::{TlsError, TlsMaterial};
@@ -66,6 +68,8 @@ pub const ENV_KEEPALIVE_TIMEOUT: &str = "NRL_KEEPALIVE_TIMEOUT_MS";
 pub const ENV_MAX_IN_FLIGHT: &str = "NRL_MAX_IN_FLIGHT";
 pub const ENV_MAX_METADATA_BYTES: &str = "NRL_MAX_METADATA_BYTES";
 pub const ENV_MAX_HEADER_LIST_BYTES: &str = "NRL_MAX_HEADER_LIST_BYTES";
+pub const ENV_OTLP_ENDPOINT: &str = "NRL_OTLP_ENDPOINT";
+pub const ENV_OTLP_SERVICE_NAME: &str = "NRL_OTLP_SERVICE_NAME";
 /// The smallest metadata limit allowed: an ordinary call's own headers take a few hundred bytes.
 const MIN_METADATA_BYTES: usize = 1024;
 /// Issuer and audience of development tokens (`nrl token`) unless configured otherwise.
@@ -200,6 +204,13 @@ pub struct ServeArgs {
     /// FHIR R4 API listener; `off` for none. Same credentials, TLS and loopback rule as gRPC.
     #[arg(long, env = ENV_FHIR_LISTEN, default_value = crate::api::fhir::DEFAULT_FHIR_LISTEN)]
     pub fhir_listen: String,
+    /// OpenTelemetry: export traces over OTLP/gRPC to this collector (`http://host:4317`, or
+    /// `https://…`). Empty or `off`: no traces leave the process.
+    #[arg(long, env = ENV_OTLP_ENDPOINT, default_value = "")]
+    pub otlp_endpoint: String,
+    /// OpenTelemetry: the `service.name` of this node's spans.
+    #[arg(long, env = ENV_OTLP_SERVICE_NAME, default_value = crate::otel::DEFAULT_SERVICE_NAME)]
+    pub otlp_service_name: String,
     /// Which settings came from a flag and which from the environment (`Origins::of`), so that
     /// problems name what the user typed.
     #[arg(skip)]
@@ -332,6 +343,8 @@ pub struct ServerConfig {
     pub fhir: FhirConfig,
     /// Audit events the memory store keeps.
     pub memory_audit_retention: usize,
+    /// Where traces go (`None`: nowhere).
+    pub otlp: Option<OtlpConfig>,
 }
 
 impl ServerConfig {
@@ -350,6 +363,7 @@ impl ServerConfig {
             admin: AdminConfig::default(),
             fhir: FhirConfig::default(),
             memory_audit_retention: crate::store::memory::DEFAULT_AUDIT_RETENTION,
+            otlp: None,
         }
     }
 }
@@ -452,6 +466,7 @@ impl TryFrom<ServeArgs> for ServerConfig {
         let fhir_listen =
             fhir_listen::address(&args, listen, auth.as_ref()).map_err(|e| problems.push(e)).unwrap_or_default();
         let node = node_config(&args, regions.as_ref()).map_err(|e| problems.extend(e)).ok();
+        let otlp = otlp::otlp_config(&args, node.as_ref()).map_err(|e| problems.extend(e)).unwrap_or_default();
         match (listen, store, regions, pointer_types, auth, node) {
             (Some(listen), Some(store), Some(regions), Some(pointer_types), Some(auth), Some(node))
                 if problems.is_empty() =>
@@ -476,6 +491,7 @@ impl TryFrom<ServeArgs> for ServerConfig {
                     },
                     fhir: FhirConfig { listen: fhir_listen, ..FhirConfig::default() },
                     memory_audit_retention,
+                    otlp,
                 })
             }
             _ => Err(ConfigError(problems)),

@@ -14,7 +14,8 @@
 //!   federated-search fan-out, the peer directory.
 //! - [`auth`]: callers (JWT, mTLS) and the policy; [`error`]: the one error type; [`clock`].
 //! - [`server`]: assembles stores, registry and services with health and reflection; graceful shutdown.
-//! - [`config`], [`telemetry`], [`cli`], [`load`]: process concerns for the `nrl` and `nrl-load` binaries.
+//! - [`config`], [`telemetry`], [`cli`], [`load`]: process concerns for the `nrl` and `nrl-load` binaries;
+//!   [`otel`]: OpenTelemetry trace export and W3C trace context, when configured.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP listener (/metrics, /live, /ready).
 //! - [`limits`]: what the server takes on at once: connections (caps, handshake and idle
 //!   timeouts, the accept loop) and calls (the in-flight cap, the request deadline, metadata size).
@@ -32,6 +33,7 @@ pub mod federation;
 pub mod limits;
 pub mod load;
 pub mod metrics;
+pub mod otel;
 pub mod registry;
 pub mod server;
 pub mod store;

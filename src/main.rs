@@ -38,7 +38,6 @@ fn main() -> ExitCode {
             if let Some(("serve", serve)) = matches.subcommand() {
                 args.origins = Origins::of(serve);
             }
-            telemetry::init(cli.log_format == LogFormat::Json);
             let config = match ServerConfig::try_from(args) {
                 Ok(config) => config,
                 Err(e) => {
@@ -46,7 +45,22 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            runtime.block_on(serve(config))
+            // Inside the runtime: the trace exporter's channel runs on it.
+            let exporting = match runtime
+                .block_on(async { telemetry::init(cli.log_format == LogFormat::Json, config.otlp.as_ref()) })
+            {
+                Ok(exporting) => exporting,
+                Err(e) => {
+                    eprintln!("nrl serve: cannot start the trace export: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let code = runtime.block_on(serve(config));
+            // After the drain, while the runtime still runs: the last spans, within a bound.
+            if let Some(exporting) = exporting {
+                exporting.shutdown();
+            }
+            code
         }
         Command::Client(command) => runtime.block_on(nrl_registry::cli::client::run(command)),
     }

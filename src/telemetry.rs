@@ -5,8 +5,10 @@
 //!
 //! [`RequestIdLayer`] gives every gRPC call a request id and a span (`rpc`: method, request_id,
 //! caller_org), so every log line of the call carries them; the id goes back in `x-request-id`.
+//! With traces on (`otel`), the same span is the call's server span, a child of the caller's.
 
 use crate::metrics::ServedMethods;
+use crate::otel::{self, Exporting, OtlpConfig};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use std::future::Future;
@@ -17,16 +19,33 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::instrument::Instrumented;
 use tracing::Instrument;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 
-pub fn init(json: bool) {
+/// Installs the global subscriber: logs to stderr and, with `otlp`, the OpenTelemetry layer
+/// (`otel`), each with its own filter, so `RUST_LOG` sets what is logged, not what is traced.
+/// Returns the running export, for the caller to shut down after the server stops. With `otlp`,
+/// call it inside the tokio runtime.
+pub fn init(json: bool, otlp: Option<&OtlpConfig>) -> Result<Option<Exporting>, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour codes only for a terminal: formatting them cost ~5 % of a bare call's instructions
     // when stderr is a log file (loadtest/PROFILE.md, item 2).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    // A second init (tests, embedding) is harmless: keep the first subscriber.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let Some(otlp) = otlp else {
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+        // A second init (tests, embedding) is harmless: keep the first subscriber.
+        let _ = if json { builder.json().try_init() } else { builder.try_init() };
+        return Ok(None);
+    };
+    let (traces, exporting) = otel::start(otlp)?;
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let logs = if json { logs.json().boxed() } else { logs.boxed() };
+    if tracing_subscriber::registry().with(logs.with_filter(filter)).with(traces).try_init().is_ok() {
+        exporting.activate();
+    }
+    Ok(Some(exporting))
 }
 
 /// Response (and normalised request) metadata carrying the call's request id.
@@ -174,12 +193,22 @@ where
         if let Some(header) = &header {
             request.headers_mut().insert(REQUEST_ID_HEADER, header.clone());
         }
-        let span = tracing::info_span!(
-            "rpc",
-            method = %self.methods.label(request.uri().path()),
-            request_id = %id,
-            caller_org = tracing::field::Empty,
-        );
+        let method = self.methods.label(request.uri().path());
+        let span = if otel::enabled() {
+            // The same span, with room for its name and kind in the trace (`otel::grpc_server_span`).
+            let span = tracing::info_span!(
+                "rpc",
+                method = %method,
+                request_id = %id,
+                caller_org = tracing::field::Empty,
+                otel.name = tracing::field::Empty,
+                otel.kind = tracing::field::Empty,
+            );
+            otel::grpc_server_span(&span, request.headers(), &method);
+            span
+        } else {
+            tracing::info_span!("rpc", method = %method, request_id = %id, caller_org = tracing::field::Empty)
+        };
         request.extensions_mut().insert(RequestId(id));
         let inner = span.in_scope(|| self.inner.call(request));
         RequestIdFuture { inner: inner.instrument(span), header }

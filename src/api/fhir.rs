@@ -31,6 +31,7 @@ pub use listener::serve;
 
 use crate::auth::{Authenticator, Credentials, END_USER_HEADER, PURPOSE_HEADER};
 use crate::metrics::Metrics;
+use crate::otel;
 use crate::registry::Registry;
 use crate::store::budget;
 use crate::telemetry::{self, CORRELATION_ID_HEADER, REQUEST_ID_HEADER};
@@ -184,9 +185,24 @@ async fn request_ids(State(api): State<FhirApi>, request: Request, next: Next) -
         .map(str::to_string);
     let path = request.uri().path();
     let path = if telemetry::has_digit_run(path) || path.len() > 200 { telemetry::REDACTED } else { path };
-    let span = tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path, caller_org = tracing::field::Empty);
+    let span = if otel::enabled() {
+        // Any method but the standard ones is `_OTHER`: the caller chooses an extension method's
+        // text, which could hold a patient's number; in an exported span it must not.
+        let method = request.method();
+        let known =
+            [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::HEAD, Method::OPTIONS, Method::PATCH];
+        let method = if known.contains(method) { method.as_str() } else { "_OTHER" };
+        let span = tracing::info_span!("fhir", request_id = %id, method = %method, path = %path,
+            caller_org = tracing::field::Empty, otel.name = tracing::field::Empty, otel.kind = tracing::field::Empty);
+        let attributes = [("http.request.method", method), ("nrl.fhir.interaction", interaction)];
+        otel::server_span(&span, request.headers(), &format!("FHIR {interaction}"), &attributes);
+        span
+    } else {
+        tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path, caller_org = tracing::field::Empty)
+    };
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
+    otel::http_status(&span, status);
     let elapsed = started.elapsed();
     if let Some(metrics) = &api.metrics {
         metrics.fhir().answered(interaction, status, elapsed);

@@ -190,6 +190,7 @@ impl Drop for Call {
         });
         self.metrics.rpc_finished(&self.method, code, elapsed);
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        crate::otel::grpc_status(&self.span, code, is_server_failure(code));
         let _entered = self.span.enter();
         if is_server_failure(code) {
             tracing::warn!(target: "nrl_registry::access", grpc_code = code_name(code), duration_ms, "call failed");

@@ -1,9 +1,9 @@
 //! The test harness of nrl-registry, shared by every test binary in `tests/` and the benchmarks in
 //! `loadtest/benches/`: a real registry server on 127.0.0.1:0 with real gRPC clients over a real
 //! socket ([`TestServer`]), real `redis-server`s ([`redis`]), real `nrl serve` processes
-//! ([`nodes`]), a real Prometheus scraping them ([`prometheus`]), and the fixtures, credentials,
-//! writers and audit checks the suites share, and the FHIR R4 model every FHIR response body is
-//! read with ([`fhir`]). Nothing is mocked.
+//! ([`nodes`]), a real Prometheus scraping them ([`prometheus`]), an OTLP trace receiver
+//! ([`otlp`]), and the fixtures, credentials, writers and audit checks the suites share, and the
+//! FHIR R4 model every FHIR response body is read with ([`fhir`]). Nothing is mocked.
 //!
 //! A crate of its own (dev-only, never published) so that the benchmarks use the same code as the
 //! tests instead of including files by path.
@@ -14,6 +14,7 @@ pub mod backend;
 pub mod fhir;
 pub mod fixtures;
 pub mod nodes;
+pub mod otlp;
 pub mod ports;
 pub mod process;
 pub mod prometheus;

@@ -258,6 +258,23 @@ impl NrlNode {
         self.frozen = false;
     }
 
+    /// SIGTERM, then waits for the node to exit on its own; returns how long it took and its
+    /// status. Panics (with its log) if it is still running after `within`.
+    pub async fn terminate(&mut self, within: Duration) -> (Duration, ExitStatus) {
+        self.signal("-TERM");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.exited() {
+                self.process = None;
+                return (started.elapsed(), status);
+            }
+            if started.elapsed() >= within {
+                panic!("{} still running {within:?} after SIGTERM\n{}", self.name, self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn signal(&self, signal: &str) {
         let process = self.process.as_ref().unwrap_or_else(|| panic!("signal {signal}: {} is not running", self.name));
         process.signal(signal).unwrap_or_else(|error| panic!("{error}"));

@@ -26,6 +26,7 @@ use std::time::Instant;
 use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 const FORWARDED: [&str; 4] = ["authorization", PURPOSE_HEADER, END_USER_HEADER, "x-request-id"];
 
@@ -201,11 +202,14 @@ impl FederatedLocator for FederatedLocatorService {
         }
         for (region, url) in plan.regions.clone() {
             let (service, plan, caller, sender) = (service.clone(), plan.clone(), caller.clone(), sender.clone());
-            tokio::spawn(async move {
+            // In the call's span, as the unary variant's asks are: their log lines carry its
+            // request id, and each region's trace span is a child of this call's.
+            let ask = async move {
                 let call = service.ask(&plan, &region, url.as_deref(), &caller);
                 let answer = fanout::ask(region.clone(), call).await;
                 let _ = sender.send(Ok(region_result(answer))).await;
-            });
+            };
+            tokio::spawn(ask.instrument(tracing::Span::current()));
         }
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
     }

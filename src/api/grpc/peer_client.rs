@@ -6,9 +6,11 @@
 //!   the caller's own credentials, within the caller's budget.
 //!
 //! Peers' statuses become registry errors in `status::error_of`, so `federation` sees domain errors.
+//! With traces on, each call has a client span and carries its W3C trace context (`otel`): a
+//! region's search as a child of the FederatedSearch, a feed read as a trace of its own.
 
 use super::conversions as conv;
-use super::status::error_of;
+use super::status::{code_of, error_of};
 use crate::auth::PURPOSE_HEADER;
 use crate::domain::ReferenceData;
 use crate::domain::RegionCode;
@@ -16,6 +18,7 @@ use crate::error::RegistryError;
 use crate::federation::fanout::MARGIN;
 use crate::federation::follower::{FeedItem, FollowedChange, RegionalFeed};
 use crate::federation::peers::Peers;
+use crate::otel;
 use crate::proto::nrl::v1 as pb;
 use crate::proto::nrl::v1::change_feed_client::ChangeFeedClient;
 use crate::proto::nrl::v1::pointer_registry_client::PointerRegistryClient;
@@ -25,7 +28,11 @@ use std::sync::Arc;
 use std::time::Instant;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
-use tonic::Request;
+use tonic::{Code, Request};
+use tracing::{Instrument, Span};
+
+const CHANGE_FEED: &str = "nrl.v1.ChangeFeed";
+const POINTER_REGISTRY: &str = "nrl.v1.PointerRegistry";
 
 /// A regional node's change feed over gRPC.
 pub struct GrpcRegionalFeed {
@@ -40,8 +47,9 @@ impl GrpcRegionalFeed {
         Self { peers, token, reference }
     }
 
-    /// A request with the peer token and the purpose the regional node expects.
-    fn request<T>(&self, message: T) -> Result<Request<T>, RegistryError> {
+    /// A request with the peer token, the purpose the regional node expects, and `span`'s trace
+    /// context.
+    fn request<T>(&self, message: T, span: &Span) -> Result<Request<T>, RegistryError> {
         let mut request = Request::new(message);
         if let Some(token) = &self.token {
             let value = format!("Bearer {token}")
@@ -50,6 +58,7 @@ impl GrpcRegionalFeed {
             request.metadata_mut().insert("authorization", value);
         }
         request.metadata_mut().insert(PURPOSE_HEADER, MetadataValue::from_static("administration"));
+        otel::inject(span, request.metadata_mut());
         Ok(request)
     }
 
@@ -66,9 +75,13 @@ impl RegionalFeed for GrpcRegionalFeed {
         region: &RegionCode,
         after: String,
     ) -> Result<BoxStream<'static, Result<FollowedChange, RegistryError>>, RegistryError> {
-        let request =
-            self.request(pb::WatchPointersRequest { after, regions: vec![region.to_string()], types: vec![] })?;
-        let stream = self.client(url)?.watch_pointers(request).await.map_err(|s| error_of(&s))?.into_inner();
+        // The span covers opening the stream: the changes that follow may flow for days.
+        let span = otel::peer_span(CHANGE_FEED, "WatchPointers", region.as_str(), true);
+        let message = pb::WatchPointersRequest { after, regions: vec![region.to_string()], types: vec![] };
+        let request = self.request(message, &span)?;
+        let opened = self.client(url)?.watch_pointers(request).instrument(span.clone()).await;
+        otel::grpc_status(&span, opened.as_ref().map_or_else(|s| s.code(), |_| Code::Ok), opened.is_err());
+        let stream = opened.map_err(|s| error_of(&s))?.into_inner();
         let reference = self.reference.clone();
         Ok(stream
             .map(move |change| {
@@ -84,9 +97,20 @@ impl RegionalFeed for GrpcRegionalFeed {
         url: &str,
         region: &RegionCode,
     ) -> Result<(String, BoxStream<'static, Result<FeedItem, RegistryError>>), RegistryError> {
-        let request = self.request(pb::SnapshotPointersRequest { regions: vec![region.to_string()] })?;
-        let mut stream = self.client(url)?.snapshot_pointers(request).await.map_err(|s| error_of(&s))?.into_inner();
-        let cursor = match stream.message().await.map_err(|s| error_of(&s))? {
+        // The span covers opening the snapshot and reading its cursor, not the items after it.
+        let span = otel::peer_span(CHANGE_FEED, "SnapshotPointers", region.as_str(), true);
+        let request = self.request(pb::SnapshotPointersRequest { regions: vec![region.to_string()] }, &span)?;
+        let mut client = self.client(url)?;
+        let opened = async {
+            let mut stream = client.snapshot_pointers(request).await?.into_inner();
+            let first = stream.message().await?;
+            Ok::<_, tonic::Status>((stream, first))
+        }
+        .instrument(span.clone())
+        .await;
+        otel::grpc_status(&span, opened.as_ref().map_or_else(|s| s.code(), |_| Code::Ok), opened.is_err());
+        let (stream, first) = opened.map_err(|s| error_of(&s))?;
+        let cursor = match first {
             Some(pb::SnapshotItem { item: Some(pb::snapshot_item::Item::Cursor(cursor)) }) => cursor,
             other => {
                 return Err(RegistryError::Internal(format!("a snapshot must start with its cursor, got {other:?}")));
@@ -108,6 +132,21 @@ pub async fn search_region(
     forwarded: &MetadataMap,
     deadline: Instant,
 ) -> Result<Vec<pb::Pointer>, RegistryError> {
+    let span = otel::peer_span(POINTER_REGISTRY, "SearchPointers", region.as_str(), false);
+    let result = search_pages(peers, url, region, query, forwarded, deadline, &span).instrument(span.clone()).await;
+    otel::grpc_status(&span, result.as_ref().map_or_else(code_of, |_| Code::Ok), result.is_err());
+    result
+}
+
+async fn search_pages(
+    peers: &Peers,
+    url: &str,
+    region: &RegionCode,
+    query: &pb::PointerQuery,
+    forwarded: &MetadataMap,
+    deadline: Instant,
+    span: &Span,
+) -> Result<Vec<pb::Pointer>, RegistryError> {
     let channel = peers.channel(url).map_err(RegistryError::Unavailable)?;
     // A region's pages of large pointers may pass a default client's 4 MiB: take what it sends.
     let mut client = PointerRegistryClient::new(channel).max_decoding_message_size(super::MAX_RESPONSE_BYTES);
@@ -123,6 +162,7 @@ pub async fn search_region(
         let mut request =
             Request::new(pb::SearchPointersRequest { query: Some(query), page_size: 500, page_token: token });
         *request.metadata_mut() = forwarded.clone();
+        otel::inject(span, request.metadata_mut());
         request.set_timeout(remaining);
         let call_deadline = Instant::now() + remaining;
         let page = match tokio::time::timeout(remaining, client.search_pointers(request)).await {

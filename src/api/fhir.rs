@@ -185,20 +185,19 @@ async fn request_ids(State(api): State<FhirApi>, request: Request, next: Next) -
         .map(str::to_string);
     let path = request.uri().path();
     let path = if telemetry::has_digit_run(path) || path.len() > 200 { telemetry::REDACTED } else { path };
+    // Any method but the standard ones is `_OTHER`: the caller chooses an extension method's text,
+    // which could hold a patient's number; in a log line or an exported span it must not.
+    let method = request.method();
+    let known = [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::HEAD, Method::OPTIONS, Method::PATCH];
+    let method = if known.contains(method) { method.as_str() } else { "_OTHER" };
     let span = if otel::enabled() {
-        // Any method but the standard ones is `_OTHER`: the caller chooses an extension method's
-        // text, which could hold a patient's number; in an exported span it must not.
-        let method = request.method();
-        let known =
-            [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::HEAD, Method::OPTIONS, Method::PATCH];
-        let method = if known.contains(method) { method.as_str() } else { "_OTHER" };
         let span = tracing::info_span!("fhir", request_id = %id, method = %method, path = %path,
             caller_org = tracing::field::Empty, otel.name = tracing::field::Empty, otel.kind = tracing::field::Empty);
         let attributes = [("http.request.method", method), ("nrl.fhir.interaction", interaction)];
         otel::server_span(&span, request.headers(), &format!("FHIR {interaction}"), &attributes);
         span
     } else {
-        tracing::info_span!("fhir", request_id = %id, method = %request.method(), path = %path, caller_org = tracing::field::Empty)
+        tracing::info_span!("fhir", request_id = %id, method = %method, path = %path, caller_org = tracing::field::Empty)
     };
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();

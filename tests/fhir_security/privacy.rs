@@ -326,6 +326,15 @@ async fn nhs_numbers_reach_no_log_line_and_no_response_header_through_the_fhir_l
         "the correlation id stands in for a missing request id"
     );
 
+    // An extension method is the caller's own text: the patient as the method must reach no log line.
+    let method = reqwest::Method::from_bytes(patient.as_bytes()).expect("an extension method");
+    let odd = reqwest::Client::new()
+        .request(method, format!("{base}/metadata"))
+        .send()
+        .await
+        .expect("the listener answers an extension method");
+    assert!(odd.status().is_client_error(), "an extension method: {}", odd.status());
+
     child.signal("-TERM").expect("send SIGTERM");
     let status = child.wait_timeout(Duration::from_secs(30)).expect("nrl stops on SIGTERM");
     let bytes = std::fs::read(&log).expect("read the log");

@@ -419,6 +419,19 @@ impl Exercised {
         let national_admin = SocketAddr::from(([127, 0, 0, 1], testkit::ports::free_port()));
         plan.national_args = vec!["--admin-listen".into(), national_admin.to_string()];
         let mut federation = Federation::start(plan).await;
+        // The national node must be following QWO's feed before the pointer is written there:
+        // written earlier, it arrives through the first snapshot instead, and the applied-change
+        // metrics (nrl_federation_lag_seconds, ...) never get a series.
+        testkit::eventually("the national node following QWO's feed", Duration::from_secs(30), || async {
+            let (_, scrape) = try_get(national_admin, "/metrics").await?;
+            let following = scrape.lines().any(|l| {
+                l.starts_with("nrl_federation_connected{")
+                    && l.contains("\"QWO\"")
+                    && (l.ends_with(" 1") || l.ends_with(" 1.0"))
+            });
+            following.then_some(()).ok_or_else(|| format!("not yet following:\n{scrape}"))
+        })
+        .await;
         let mut qwo = PointerRegistryClient::new(federation.node("QWO").channel());
         qwo.create_pointer(pb::CreatePointerRequest { pointer: Some(input(&patient, "QWO", "RR8", CRISIS_PLAN)) })
             .await

@@ -99,7 +99,7 @@ impl Ops {
         for _ in 0..writes {
             let step = if self.current.is_empty() { 0 } else { self.n % 5 };
             let patient = self.patients[self.n % self.patients.len()].clone();
-            let ty = if self.n % 2 == 0 { CRISIS_PLAN } else { NEWS2 };
+            let ty = if self.n.is_multiple_of(2) { CRISIS_PLAN } else { NEWS2 };
             self.n += 1;
             let changes = match step {
                 0 | 1 => {

@@ -34,7 +34,7 @@ async fn write_until(
         let id = fhir.created(&document(&patient)).await;
         created.insert(id.clone());
         own.push_back(id);
-        let victim = if round % 2 == 0 { deletable.pop_front() } else { None }.or_else(|| own.pop_front());
+        let victim = if round.is_multiple_of(2) { deletable.pop_front() } else { None }.or_else(|| own.pop_front());
         if let Some(victim) = victim {
             fhir.delete(&victim, None).await.assert_success(200, "RESOURCE_DELETED");
             deleted.insert(victim);

@@ -161,7 +161,7 @@ impl SeedPlan {
         let mut rng = SplitMix64::new(self.seed);
         let offset = rng.next_u64() % PREFIXES;
         let mut stride = (rng.next_u64() % PREFIXES) | 1;
-        while stride % 5 == 0 {
+        while stride.is_multiple_of(5) {
             stride += 2;
         }
         (0..PREFIXES).filter_map(move |i| NhsNumber::from_prefix(FIRST_PREFIX + (offset + i * stride) % PREFIXES))

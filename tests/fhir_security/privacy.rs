@@ -7,6 +7,7 @@ use super::*;
 use nrl_registry::telemetry::is_log_safe;
 use testkit::nodes::nrl_command;
 use testkit::ports::free_ports;
+use testkit::privacy::digit_runs;
 use testkit::process::{TempDir, Watched};
 
 /// The patient written the ways a caller might, beyond [`formats`].
@@ -24,27 +25,6 @@ fn disguises(p: &str) -> Vec<String> {
         // With a wrong check digit: not an NHS number, but a caller's attempt at one.
         format!("{}{}", &p[..9], (last + 1) % 10),
     ]
-}
-
-/// Ten digits in a row once the separators `. - : _ / space` are ignored (tests/security/logs.rs).
-fn digit_runs(text: &str) -> Vec<String> {
-    let mut runs = Vec::new();
-    let mut run = String::new();
-    let mut flush = |run: &mut String| {
-        if run.chars().filter(char::is_ascii_digit).count() >= 10 {
-            runs.push(run.trim_matches(|c: char| !c.is_ascii_digit()).to_string());
-        }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() || (".-:_/ ".contains(c) && !run.is_empty()) {
-            run.push(c);
-        } else {
-            flush(&mut run);
-        }
-    }
-    flush(&mut run);
-    runs
 }
 
 /// A log line without the server's own numbers: the timestamp, durations, the addresses it

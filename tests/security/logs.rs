@@ -8,6 +8,7 @@ use super::*;
 use nrl_registry::proto::nrl::v1::change_feed_client::ChangeFeedClient;
 use nrl_registry::proto::nrl::v1::federated_locator_client::FederatedLocatorClient;
 use testkit::ports::free_port;
+use testkit::privacy::digit_runs;
 use tokio_stream::StreamExt;
 use tonic::metadata::MetadataMap;
 use tonic_health::pb::health_client::HealthClient;
@@ -205,28 +206,6 @@ fn disguises(p: &str) -> Vec<String> {
         format!("{a}-{b}-{c}"),
         format!("nhs:{a}_{b}_{c}"),
     ]
-}
-
-/// Ten digits in a row once the separators `. - : _ / space` are ignored: an NHS number written
-/// in any of the ways above. Returns each run found.
-fn digit_runs(text: &str) -> Vec<String> {
-    let mut runs = Vec::new();
-    let mut run = String::new();
-    let mut flush = |run: &mut String| {
-        if run.chars().filter(char::is_ascii_digit).count() >= 10 {
-            runs.push(run.trim_matches(|c: char| !c.is_ascii_digit()).to_string());
-        }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() || (".-:_/ ".contains(c) && !run.is_empty()) {
-            run.push(c);
-        } else {
-            flush(&mut run);
-        }
-    }
-    flush(&mut run);
-    runs
 }
 
 /// Where a line's digits are the server's own and say nothing of a caller: the timestamp, a

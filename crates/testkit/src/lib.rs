@@ -16,6 +16,7 @@ pub mod fixtures;
 pub mod nodes;
 pub mod otlp;
 pub mod ports;
+pub mod privacy;
 pub mod process;
 pub mod prometheus;
 pub mod redis;

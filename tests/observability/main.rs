@@ -398,7 +398,10 @@ impl Exercised {
         let invalid =
             pb::SearchPointersRequest { query: Some(testkit::fixtures::query("9434765918")), ..Default::default() };
         assert_eq!(registry.search_pointers(invalid).await.expect_err("refused").code(), Code::InvalidArgument);
-        let http = testkit::reqwest::Client::new();
+        // A connection per request: with a cap of one connection across both listeners, an idle
+        // kept-alive FHIR connection is the one the next connection evicts, and a second request
+        // sent on it meets a closed socket (IncompleteMessage).
+        let http = testkit::reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("an HTTP client");
         let base = server.fhir_base();
         let search = format!("{base}/DocumentReference?subject:identifier=https://fhir.nhs.uk/Id/nhs-number|{patient}");
         assert_eq!(http.get(&search).send().await.expect("FHIR search").status().as_u16(), 200);

@@ -54,6 +54,17 @@ impl NhsNumber {
         }
     }
 
+    /// The ten digits `Display` gives, without the formatting machinery.
+    pub fn to_digits(&self) -> String {
+        let mut digits = [b'0'; 10];
+        let mut rest = self.0;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        digits.iter().map(|&d| char::from(d)).collect()
+    }
+
     /// Completes a 9-digit prefix (0..=999_999_999) with its check digit, or `None` where the
     /// prefix has none (check value 10) or is out of range.
     pub fn from_prefix(prefix: u64) -> Option<Self> {

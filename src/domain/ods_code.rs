@@ -45,6 +45,11 @@ impl OdsCode {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The text, without a copy.
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 impl fmt::Display for OdsCode {

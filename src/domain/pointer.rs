@@ -24,6 +24,11 @@ impl ProducerReference {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The text, without a copy.
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 /// Declares a closed vocabulary: each variant with its wire spelling, a parser and a lister.
@@ -125,6 +130,11 @@ impl ContentUrl {
         &self.0
     }
 
+    /// The text, without a copy.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// Served through the Spine Secure Proxy. The scheme matches in any case, as url parsing does.
     pub fn is_ssp(&self) -> bool {
         self.0.get(..6).is_some_and(|scheme| scheme.eq_ignore_ascii_case("ssp://"))
@@ -146,6 +156,11 @@ impl Asid {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The text, without a copy.
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 

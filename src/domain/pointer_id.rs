@@ -45,6 +45,13 @@ impl PointerId {
     pub fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
     }
+
+    /// The hyphenated lower-case text `Display` gives, without the formatting machinery (every
+    /// pointer in every answer carries its id as text).
+    pub fn to_text(&self) -> String {
+        let mut buffer = Uuid::encode_buffer();
+        String::from(&*self.0.hyphenated().encode_lower(&mut buffer))
+    }
 }
 
 impl fmt::Display for PointerId {
@@ -146,6 +153,14 @@ mod tests {
 
     fn patient(prefix: u64) -> Option<NhsNumber> {
         NhsNumber::from_prefix(prefix)
+    }
+
+    proptest! {
+        #[test]
+        fn to_text_is_the_display_text(bytes in any::<[u8; 16]>()) {
+            let id = PointerId::from_bytes(bytes);
+            prop_assert_eq!(id.to_text(), id.to_string());
+        }
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub enum CatalogueError {
 pub struct PointerTypeCatalogue {
     types: BTreeMap<String, PointerType>,
     categories: BTreeMap<String, Coding>,
+    /// The same types by the number their code spells (the Redis store keeps a type as that
+    /// number), for every code that is exactly that number's decimal text.
+    by_number: BTreeMap<u64, PointerType>,
 }
 
 #[derive(Deserialize)]
@@ -96,7 +99,13 @@ impl PointerTypeCatalogue {
         if types.is_empty() {
             return Err(CatalogueError::Invalid("no types".into()));
         }
-        Ok(Self { types, categories })
+        let by_number = types
+            .iter()
+            .filter_map(|(code, ty)| {
+                code.parse::<u64>().ok().filter(|n| n.to_string() == *code).map(|n| (n, ty.clone()))
+            })
+            .collect();
+        Ok(Self { types, categories, by_number })
     }
 
     pub fn pointer_type(&self, code: &str) -> Result<&PointerType, PointerTypeError> {
@@ -105,6 +114,12 @@ impl PointerTypeCatalogue {
             return Err(PointerTypeError::Empty);
         }
         self.types.get(code).ok_or(PointerTypeError::Unknown)
+    }
+
+    /// The catalogued type whose code is `number`'s decimal text: `pointer_type(&number.to_string())`
+    /// without writing the text.
+    pub fn pointer_type_by_number(&self, number: u64) -> Option<&PointerType> {
+        self.by_number.get(&number)
     }
 
     /// Checks an explicit category against the type's; empty means "take the type's".
@@ -154,6 +169,22 @@ mod tests {
             assert_eq!(cat.check_category(t, category), Ok(()));
             assert_eq!(cat.check_category(t, ""), Ok(()));
         }
+    }
+
+    #[test]
+    fn a_type_by_number_is_the_type_its_decimal_text_names() {
+        let cat = PointerTypeCatalogue::default_catalogue();
+        for ty in cat.types() {
+            let number: u64 = ty.coding.code.parse().expect("a SNOMED code is a number");
+            assert_eq!(cat.pointer_type_by_number(number), Some(ty));
+        }
+        assert_eq!(cat.pointer_type_by_number(1), None);
+        // A code with a leading zero is not the text of its number, so only the text finds it.
+        let json = r#"{"categories":[{"code":"734163000","display":"Care plan"}],
+            "types":[{"code":"0736253002","display":"Mental health crisis plan","category":"734163000"}]}"#;
+        let padded = PointerTypeCatalogue::from_json(json).expect("valid");
+        assert!(padded.pointer_type("0736253002").is_ok());
+        assert_eq!(padded.pointer_type_by_number(736253002), None);
     }
 
     #[test]

@@ -20,6 +20,11 @@ impl RegionCode {
         &self.0
     }
 
+    /// The text, without a copy.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// A well-formed code; whether the directory knows it is [`RegionDirectory::parse_code`]'s business.
     pub fn parse(input: &str) -> Option<Self> {
         let code = input.trim().to_ascii_uppercase();

@@ -242,10 +242,9 @@ fn coding(c: &Coding) -> pb::Coding {
     pb::Coding { code: c.code.clone(), display: c.display.clone() }
 }
 
-impl From<&Content> for pb::Content {
-    fn from(c: &Content) -> Self {
+impl From<Content> for pb::Content {
+    fn from(c: Content) -> Self {
         pb::Content {
-            url: c.url.as_str().to_string(),
             content_type: c.content_type.as_str().to_string(),
             format: c.format.as_str().to_string(),
             retrieval_mechanism: match c.retrieval_mechanism {
@@ -258,36 +257,45 @@ impl From<&Content> for pb::Content {
                 Stability::Static => pb::Stability::Static,
                 Stability::Dynamic => pb::Stability::Dynamic,
             } as i32,
+            url: c.url.into_string(),
+        }
+    }
+}
+
+/// By value: an answer's pointers are moved into the message, not copied (a search answers with
+/// up to a page of them). Ids and NHS numbers are written without `fmt`.
+impl From<Pointer> for pb::Pointer {
+    fn from(p: Pointer) -> Self {
+        let d = p.draft;
+        pb::Pointer {
+            id: p.id.to_text(),
+            nhs_number: d.nhs_number.to_digits(),
+            region: d.region.into_string(),
+            custodian: d.custodian.into_string(),
+            author: d.author.map(OdsCode::into_string).unwrap_or_default(),
+            r#type: Some(pb::Coding { code: d.pointer_type.coding.code, display: d.pointer_type.coding.display }),
+            category: Some(pb::Coding { code: d.pointer_type.category.code, display: d.pointer_type.category.display }),
+            content: d.content.into_iter().map(pb::Content::from).collect(),
+            practice_setting: d.practice_setting.map(|c| pb::Coding { code: c.code, display: c.display }),
+            document_date: d.document_date.map(to_timestamp),
+            status: match p.status {
+                PointerStatus::Current => pb::PointerStatus::Current,
+                PointerStatus::Superseded => pb::PointerStatus::Superseded,
+            } as i32,
+            supersedes: p.supersedes.iter().map(PointerId::to_text).collect(),
+            superseded_by: p.superseded_by.map(|id| id.to_text()).unwrap_or_default(),
+            producer_reference: d.producer_reference.map(ProducerReference::into_string).unwrap_or_default(),
+            version: p.version,
+            created_at: Some(to_timestamp(p.created_at)),
+            updated_at: Some(to_timestamp(p.updated_at)),
+            related_asid: d.related_asid.map(Asid::into_string).unwrap_or_default(),
         }
     }
 }
 
 impl From<&Pointer> for pb::Pointer {
     fn from(p: &Pointer) -> Self {
-        let d = &p.draft;
-        pb::Pointer {
-            id: p.id.to_string(),
-            nhs_number: d.nhs_number.to_string(),
-            region: d.region.to_string(),
-            custodian: d.custodian.to_string(),
-            author: d.author.as_ref().map(ToString::to_string).unwrap_or_default(),
-            r#type: Some(coding(&d.pointer_type.coding)),
-            category: Some(coding(&d.pointer_type.category)),
-            content: d.content.iter().map(pb::Content::from).collect(),
-            practice_setting: d.practice_setting.as_ref().map(coding),
-            document_date: d.document_date.map(to_timestamp),
-            status: match p.status {
-                PointerStatus::Current => pb::PointerStatus::Current,
-                PointerStatus::Superseded => pb::PointerStatus::Superseded,
-            } as i32,
-            supersedes: p.supersedes.iter().map(ToString::to_string).collect(),
-            superseded_by: p.superseded_by.map(|id| id.to_string()).unwrap_or_default(),
-            producer_reference: d.producer_reference.as_ref().map(|r| r.as_str().to_string()).unwrap_or_default(),
-            version: p.version,
-            created_at: Some(to_timestamp(p.created_at)),
-            updated_at: Some(to_timestamp(p.updated_at)),
-            related_asid: d.related_asid.as_ref().map(|a| a.as_str().to_string()).unwrap_or_default(),
-        }
+        p.clone().into()
     }
 }
 

@@ -149,7 +149,7 @@ impl FederatedLocatorService {
             query.regions = [region.clone()].into_iter().collect();
             let page = PageRequest { size: usize::MAX, after: None };
             let found = self.registry.search(caller, &query, page).await?;
-            return Ok(found.pointers.iter().map(Into::into).collect());
+            return Ok(found.pointers.into_iter().map(Into::into).collect());
         }
         let Some(url) = url else {
             return Err(RegistryError::precondition("region", "no record-locator endpoint is known for this region"));

@@ -43,7 +43,7 @@ impl PointerRegistry for PointerRegistryService {
         let draft = recorded(&self.registry, &caller, "CreatePointer", draft).await?;
         let registered = self.registry.create(&caller, draft).await?;
         Ok(Response::new(pb::CreatePointerResponse {
-            pointer: Some((&registered.pointer).into()),
+            pointer: Some(registered.pointer.into()),
             created: registered.created,
         }))
     }
@@ -56,7 +56,7 @@ impl PointerRegistry for PointerRegistryService {
         let id = conv::pointer_id(&request.get_ref().id, "id");
         let id = recorded(&self.registry, &caller, "GetPointer", id).await?;
         let pointer = self.registry.get(&caller, id).await?;
-        Ok(Response::new(pb::GetPointerResponse { pointer: Some((&pointer).into()) }))
+        Ok(Response::new(pb::GetPointerResponse { pointer: Some(pointer.into()) }))
     }
 
     async fn update_pointer(
@@ -71,7 +71,7 @@ impl PointerRegistry for PointerRegistryService {
         });
         let (id, draft) = recorded(&self.registry, &caller, "UpdatePointer", parsed).await?;
         let pointer = self.registry.update(&caller, id, Some(req.version), draft).await?;
-        Ok(Response::new(pb::UpdatePointerResponse { pointer: Some((&pointer).into()) }))
+        Ok(Response::new(pb::UpdatePointerResponse { pointer: Some(pointer.into()) }))
     }
 
     async fn delete_pointer(
@@ -83,7 +83,7 @@ impl PointerRegistry for PointerRegistryService {
         let id = recorded(&self.registry, &caller, "DeletePointer", conv::pointer_id(&req.id, "id")).await?;
         let version = (req.version != 0).then_some(req.version);
         let pointer = self.registry.delete(&caller, id, version).await?;
-        Ok(Response::new(pb::DeletePointerResponse { pointer: Some((&pointer).into()) }))
+        Ok(Response::new(pb::DeletePointerResponse { pointer: Some(pointer.into()) }))
     }
 
     async fn supersede_pointer(
@@ -97,8 +97,8 @@ impl PointerRegistry for PointerRegistryService {
         let (draft, olds) = recorded(&self.registry, &caller, "SupersedePointer", parsed).await?;
         let outcome = self.registry.supersede(&caller, draft, olds).await?;
         Ok(Response::new(pb::SupersedePointerResponse {
-            pointer: Some((&outcome.pointer).into()),
-            superseded: outcome.superseded.iter().map(Into::into).collect(),
+            pointer: Some(outcome.pointer.into()),
+            superseded: outcome.superseded.into_iter().map(Into::into).collect(),
             created: outcome.created,
         }))
     }
@@ -114,7 +114,7 @@ impl PointerRegistry for PointerRegistryService {
         let (page, query) = recorded(&self.registry, &caller, "SearchPointers", parsed).await?;
         let found = self.registry.search(&caller, &query, page).await?;
         Ok(Response::new(pb::SearchPointersResponse {
-            pointers: found.pointers.iter().map(Into::into).collect(),
+            pointers: found.pointers.into_iter().map(Into::into).collect(),
             next_page_token: found
                 .next_after
                 .map(|after| crate::domain::query::encode_page_token(&query, after))
@@ -158,8 +158,8 @@ impl PointerRegistry for PointerRegistryService {
             .map(|(index, result)| pb::BatchOutcome {
                 index: index as u32,
                 result: Some(match result {
-                    Ok(r) if r.created => pb::batch_outcome::Result::Created((&r.pointer).into()),
-                    Ok(r) => pb::batch_outcome::Result::Existing((&r.pointer).into()),
+                    Ok(r) if r.created => pb::batch_outcome::Result::Created(r.pointer.into()),
+                    Ok(r) => pb::batch_outcome::Result::Existing(r.pointer.into()),
                     Err(e) => pb::batch_outcome::Result::Error(batch_error(e)),
                 }),
             })

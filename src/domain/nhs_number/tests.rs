@@ -82,3 +82,12 @@ proptest! {
         let _ = NhsNumber::parse(&s);
     }
 }
+
+proptest! {
+    #[test]
+    fn to_digits_is_the_display_text(prefix in 0u64..=999_999_999) {
+        if let Some(nhs) = NhsNumber::from_prefix(prefix) {
+            prop_assert_eq!(nhs.to_digits(), nhs.to_string());
+        }
+    }
+}

@@ -66,7 +66,7 @@ async fn write_batches(inner: Arc<dyn AuditStore>, mut receiver: mpsc::Receiver<
         if batch.is_empty() {
             continue;
         }
-        let all: Vec<AuditEvent> = batch.iter().flat_map(|p| p.events.iter().cloned()).collect();
+        let all: Vec<AuditEvent> = batch.iter_mut().flat_map(|p| std::mem::take(&mut p.events)).collect();
         let count = all.len();
         let result = inner.append_all(all).await;
         let now = Instant::now();

@@ -150,11 +150,10 @@ pub fn decode(
     let mut raw_version = [0u8; 8];
     raw_version.copy_from_slice(version);
     let stored = StoredPointer::decode(body).map_err(corrupt("pointer"))?;
-    let type_code = stored.type_code.to_string();
-    let pointer_type = match catalogue.pointer_type(&type_code) {
-        Ok(t) => t.clone(),
-        Err(_) => PointerType {
-            coding: Coding { code: type_code.clone(), display: type_code },
+    let pointer_type = match catalogue.pointer_type_by_number(stored.type_code) {
+        Some(t) => t.clone(),
+        None => PointerType {
+            coding: Coding { code: stored.type_code.to_string(), display: stored.type_code.to_string() },
             category: Coding { code: String::new(), display: String::new() },
         },
     };

@@ -17,7 +17,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 struct Tables {
-    by_patient: HashMap<NhsNumber, HashMap<PointerId, Pointer>>,
+    /// Shared, so a read copies the handles under the lock and the pointers after it.
+    by_patient: HashMap<NhsNumber, HashMap<PointerId, Arc<Pointer>>>,
     patient_of: HashMap<PointerId, NhsNumber>,
     by_reference: HashMap<ReferenceKey, PointerId>,
     restricted: HashSet<NhsNumber>,
@@ -86,8 +87,8 @@ impl MemoryStore {
 
 impl Tables {
     /// Appends an audit event to the log (and so to the export: one list serves both here).
-    fn append_event(&mut self, event: AuditEvent) {
-        self.audit.append(&event);
+    fn append_event(&mut self, event: audit_log::Encoded) {
+        self.audit.append(event);
     }
 
     /// Appends a change to the feed, dropping the oldest past the retention.
@@ -114,7 +115,7 @@ impl Tables {
 
     fn get(&self, id: PointerId) -> Option<&Pointer> {
         let nhs = self.patient_of.get(&id)?;
-        self.by_patient.get(nhs)?.get(&id)
+        self.by_patient.get(nhs)?.get(&id).map(Arc::as_ref)
     }
 
     fn remove(&mut self, id: PointerId) {
@@ -139,7 +140,7 @@ impl Tables {
             self.by_reference.insert(key, pointer.id);
         }
         self.patient_of.insert(pointer.id, nhs);
-        self.by_patient.entry(nhs).or_default().insert(pointer.id, pointer);
+        self.by_patient.entry(nhs).or_default().insert(pointer.id, Arc::new(pointer));
     }
 }
 
@@ -156,15 +157,13 @@ impl PointerStore for MemoryStore {
     }
 
     async fn patient_record(&self, nhs_number: NhsNumber) -> Result<PatientRecord, StoreError> {
-        let tables = self.lock();
-        Ok(PatientRecord {
-            pointers: tables
-                .by_patient
-                .get(&nhs_number)
-                .map(|pointers| pointers.values().cloned().collect())
-                .unwrap_or_default(),
-            restricted: tables.restricted.contains(&nhs_number),
-        })
+        let (shared, restricted): (Vec<Arc<Pointer>>, bool) = {
+            let tables = self.lock();
+            let shared = tables.by_patient.get(&nhs_number).map(|pointers| pointers.values().cloned().collect());
+            (shared.unwrap_or_default(), tables.restricted.contains(&nhs_number))
+        };
+        // The copies are made after the lock is released.
+        Ok(PatientRecord { pointers: shared.iter().map(|p| Pointer::clone(p)).collect(), restricted })
     }
 
     async fn set_restriction(&self, nhs_number: NhsNumber, restricted: bool) -> Result<(), StoreError> {
@@ -183,6 +182,7 @@ impl PointerStore for MemoryStore {
         if write.puts.iter().any(|p| p.draft.nhs_number != write.nhs_number) {
             return Err(StoreError::Corrupt("a put belongs to another patient".into()));
         }
+        let event = write.audit.as_ref().map(audit_log::Encoded::of);
         let mut tables = self.lock();
         if !write.conditions.iter().all(|c| tables.holds(write.nhs_number, c)) {
             return Err(StoreError::ConditionFailed);
@@ -202,7 +202,7 @@ impl PointerStore for MemoryStore {
             tables.record(change);
         }
         // And its audit event, under the same lock: the write and its record are one step.
-        if let Some(event) = write.audit {
+        if let Some(event) = event {
             tables.append_event(event);
         }
         Ok(())
@@ -229,8 +229,9 @@ fn parse_cursor(cursor: &str) -> Option<u64> {
 #[async_trait]
 impl AuditStore for MemoryStore {
     async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        let encoded: Vec<audit_log::Encoded> = events.iter().map(audit_log::Encoded::of).collect();
         let mut tables = self.lock();
-        for event in events {
+        for event in encoded {
             tables.append_event(event);
         }
         Ok(())
@@ -298,7 +299,11 @@ impl ChangeFeed for MemoryStore {
     async fn snapshot_page(&self, _after: Option<String>, _limit: usize) -> Result<SnapshotPage, StoreError> {
         let tables = self.lock();
         Ok(SnapshotPage {
-            pointers: tables.by_patient.values().flat_map(|pointers| pointers.values().cloned()).collect(),
+            pointers: tables
+                .by_patient
+                .values()
+                .flat_map(|pointers| pointers.values().map(|p| Pointer::clone(p)))
+                .collect(),
             restricted: tables.restricted.iter().copied().collect(),
             next: None,
         })

@@ -17,6 +17,19 @@ use std::sync::Arc;
 /// Events the memory store keeps by default: ~10-20 MB.
 pub const DEFAULT_RETENTION: usize = 100_000;
 
+/// An event in its stored form, encoded before the store's lock is taken (the lock is held only
+/// to append it).
+pub struct Encoded {
+    patient: Option<NhsNumber>,
+    bytes: Box<[u8]>,
+}
+
+impl Encoded {
+    pub fn of(event: &AuditEvent) -> Self {
+        Self { patient: event.patient_log(), bytes: codec::encode(event).into_boxed_slice() }
+    }
+}
+
 pub struct AuditLog {
     /// (position, the patient whose log holds it, encoded event), oldest first; positions are
     /// consecutive. An export-only event is in no patient's log.
@@ -41,11 +54,11 @@ impl AuditLog {
         }
     }
 
-    pub fn append(&mut self, event: &AuditEvent) {
+    pub fn append(&mut self, event: Encoded) {
         let position = self.next;
         self.next += 1;
-        let patient = event.patient_log();
-        self.events.push_back((position, patient, codec::encode(event).into_boxed_slice()));
+        let Encoded { patient, bytes } = event;
+        self.events.push_back((position, patient, bytes));
         if let Some(patient) = patient {
             self.by_patient.entry(patient).or_default().push_back(position);
         }
@@ -147,17 +160,21 @@ mod tests {
     #[test]
     fn export_only_events_are_in_the_export_and_in_no_patient_log() {
         let mut log = AuditLog::new(3, None);
-        log.append(&event("9434765919", 0));
-        log.append(&AuditEvent { export_only: true, outcome: "PERMISSION_DENIED".into(), ..event("9434765919", 1) });
-        log.append(&AuditEvent { nhs_number: None, export_only: true, ..event("9434765919", 2) });
+        log.append(Encoded::of(&event("9434765919", 0)));
+        log.append(Encoded::of(&AuditEvent {
+            export_only: true,
+            outcome: "PERMISSION_DENIED".into(),
+            ..event("9434765919", 1)
+        }));
+        log.append(Encoded::of(&AuditEvent { nhs_number: None, export_only: true, ..event("9434765919", 2) }));
         let patient = log.patient_events(nhs("9434765919"), None, 10).expect("log");
         assert_eq!(patient.events.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(), ["Op0"]);
         let export = log.events_after(None, 10).expect("export");
         assert_eq!(export.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(), ["Op0", "Op1", "Op2"]);
         assert_eq!(export[2].nhs_number, None);
         // Past the retention the oldest goes from both, export-only or not.
-        log.append(&AuditEvent { export_only: true, ..event("9434765919", 3) });
-        log.append(&AuditEvent { export_only: true, ..event("9434765919", 4) });
+        log.append(Encoded::of(&AuditEvent { export_only: true, ..event("9434765919", 3) }));
+        log.append(Encoded::of(&AuditEvent { export_only: true, ..event("9434765919", 4) }));
         assert!(log.patient_events(nhs("9434765919"), None, 10).expect("log").events.is_empty());
         assert!(log.by_patient.is_empty(), "no patient left with an empty log");
     }
@@ -167,7 +184,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new("memory"));
         let mut log = AuditLog::new(3, Some(metrics.clone()));
         for n in 0..5 {
-            log.append(&event(if n % 2 == 0 { "9434765919" } else { "9990000018" }, n));
+            log.append(Encoded::of(&event(if n % 2 == 0 { "9434765919" } else { "9990000018" }, n)));
         }
         let kept: Vec<String> = log.events_after(None, 10).expect("export").into_iter().map(|e| e.operation).collect();
         assert_eq!(kept, ["Op2", "Op3", "Op4"]);
@@ -183,7 +200,7 @@ mod tests {
     fn a_patient_log_pages_newest_first_with_one_cursor_space() {
         let mut log = AuditLog::new(100, None);
         for n in 0..5 {
-            log.append(&event("9434765919", n));
+            log.append(Encoded::of(&event("9434765919", n)));
         }
         let first = log.patient_events(nhs("9434765919"), None, 2).expect("page");
         assert_eq!(first.events.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(), ["Op4", "Op3"]);

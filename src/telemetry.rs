@@ -77,20 +77,30 @@ pub fn request_id(headers: &HeaderMap) -> Arc<str> {
         .unwrap_or_else(generated_id)
 }
 
-/// A new request id that is itself log-safe: a UUIDv7 (ordered by time) when one of a few is,
-/// else a random UUIDv4. The v7 ids of one millisecond share their time prefix and count up in
-/// their next bits, so they can all carry the same run of ten digits; v4 ids are random
-/// throughout, so a safe one comes within a few tries.
+/// A new request id that is itself log-safe: a UUIDv7 (ordered by time, to the millisecond) when
+/// one of a few is, else a random UUIDv4. The v7 ids of one millisecond share their time prefix,
+/// so they can all carry the same run of ten digits; v4 ids are random throughout, so a safe one
+/// comes within a few tries.
 fn generated_id() -> Arc<str> {
     let mut attempts = 0;
     safe_id_from(|| {
         attempts += 1;
         if attempts <= 4 {
-            uuid::Uuid::now_v7().to_string()
+            v7_now().to_string()
         } else {
-            uuid::Uuid::new_v4().to_string()
+            uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string()
         }
     })
+}
+
+/// A UUIDv7 of this millisecond with random bits from the thread's generator. `Uuid::now_v7` asks
+/// the kernel for its random bits (a `getrandom` system call on every call); request ids need
+/// uniqueness, not a fresh seed each.
+fn v7_now() -> uuid::Uuid {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid()
 }
 
 /// The first log-safe id of [`GENERATE_ATTEMPTS`] from `next`; failing that, the last with its
@@ -309,6 +319,20 @@ mod tests {
         assert_eq!(log_safe("RR8.X01"), "RR8.X01");
         for unsafe_value in ["943.476.5919", "app 9434765919", "dr.jones@nhs.net", ""] {
             assert_eq!(log_safe(unsafe_value), REDACTED, "{unsafe_value}");
+        }
+    }
+
+    #[test]
+    fn v7_ids_carry_this_millisecond_and_differ() {
+        let before = chrono::Utc::now().timestamp_millis();
+        let ids: std::collections::HashSet<uuid::Uuid> = (0..10_000).map(|_| v7_now()).collect();
+        let after = chrono::Utc::now().timestamp_millis();
+        assert_eq!(ids.len(), 10_000, "unique");
+        for id in &ids {
+            assert_eq!(id.get_version_num(), 7);
+            let (seconds, nanos) = id.get_timestamp().expect("a v7 id has a time").to_unix();
+            let millis = i64::try_from(seconds).expect("seconds fit") * 1000 + i64::from(nanos / 1_000_000);
+            assert!((before..=after).contains(&millis), "{millis} within [{before}, {after}]");
         }
     }
 

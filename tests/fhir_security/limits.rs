@@ -8,7 +8,11 @@ use nrl_registry::config::ServerConfig;
 use testkit::redis::{RedisOptions, RedisServer};
 
 const CAP: usize = 3;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+// Long enough that, on two busy cores (the whole suite runs beside it), the held searches are
+// admitted and seen holding the cap, and the refusals below are made, before it frees them.
+/// How long the requests meant to hold the cap get to reach the server before the first probe.
+const HEAD_START: Duration = Duration::from_millis(500);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
 
 async fn set_frozen(redis: RedisServer, frozen: bool) -> RedisServer {
     tokio::task::spawn_blocking(move || {
@@ -56,8 +60,11 @@ async fn past_the_in_flight_cap_requests_are_429_at_once_with_retry_after() {
         .collect();
 
     // Once the held searches have the cap, everything else is refused at once: even the requests
-    // that need no store and no credentials.
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    // that need no store and no credentials. A probe takes a place too while it is answered, so
+    // one made before the held searches are all in could take the place of one of them (which is
+    // then refused): they get a head start first.
+    tokio::time::sleep(HEAD_START).await;
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT - Duration::from_secs(2);
     loop {
         let probe = Fhir::anonymous(&server.fhir_base()).get("metadata").await;
         if probe.status == 429 {
@@ -137,7 +144,9 @@ async fn a_body_that_never_arrives_holds_no_place_past_the_request_deadline() {
         .collect();
 
     let open = Fhir::anonymous(&server.fhir_base());
-    let deadline = std::time::Instant::now() + TIMEOUT;
+    // As above: a probe in flight takes a place, so the stalled uploads get a head start.
+    tokio::time::sleep(HEAD_START).await;
+    let deadline = std::time::Instant::now() + TIMEOUT - HEAD_START;
     loop {
         let probe = open.get("metadata").await;
         if probe.status == 429 {

@@ -20,8 +20,8 @@
 # that the suite works, not figures to quote; its report goes to loadtest/out/, never over the
 # committed one). h2load comes from Debian's nghttp2-client; when it (or curl) is missing, run.sh
 # installs it with apt-get, which needs root.
-# FHIR (loadtest/fhir.bash): --fhir serves FHIR on each server (NRL_FHIR_LISTEN, 127.0.0.1:50181
-# and 50182) and runs h2load rounds of gRPC Health/Check, gRPC SearchPointers, GET /FHIR/R4/_status
+# FHIR (loadtest/fhir.bash): --fhir serves FHIR on each server (NRL_FHIR_LISTEN, 127.0.0.1:25181
+# and 25182) and runs h2load rounds of gRPC Health/Check, gRPC SearchPointers, GET /FHIR/R4/_status
 # and the FHIR DocumentReference search on each store; the goal: FHIR search >= 0.8 x gRPC search.
 # --fhir-only runs that part alone (seeding as the suite does) and replaces its section of
 # loadtest/RESULTS.md, leaving the rest (with --quick: loadtest/out/RESULTS-fhir.md instead).
@@ -59,17 +59,19 @@ H2_CLIENTS=4
 H2_STREAMS=16
 FHIR=0
 FHIR_ONLY=0
-MEM_PORT=${NRL_LOAD_MEM_PORT:-50161}
-REDIS_GRPC_PORT=${NRL_LOAD_REDIS_GRPC_PORT:-50162}
-AUTH_GRPC_PORT=${NRL_LOAD_AUTH_GRPC_PORT:-50163}
+# Fixed ports sit below Linux's ephemeral range (32768-60999), so no client socket of an earlier
+# phase can hold one of them when its server starts.
+MEM_PORT=${NRL_LOAD_MEM_PORT:-25161}
+REDIS_GRPC_PORT=${NRL_LOAD_REDIS_GRPC_PORT:-25162}
+AUTH_GRPC_PORT=${NRL_LOAD_AUTH_GRPC_PORT:-25163}
 REDIS_PORT=${NRL_LOAD_REDIS_PORT:-6391}
 # The servers' FHIR listeners, with --fhir (otherwise NRL_FHIR_LISTEN=off).
-MEM_FHIR_PORT=${NRL_LOAD_MEM_FHIR_PORT:-50181}
-REDIS_FHIR_PORT=${NRL_LOAD_REDIS_FHIR_PORT:-50182}
+MEM_FHIR_PORT=${NRL_LOAD_MEM_FHIR_PORT:-25181}
+REDIS_FHIR_PORT=${NRL_LOAD_REDIS_FHIR_PORT:-25182}
 # The servers' admin listeners (/metrics): the h2load part reads the server's own count of non-OK
 # calls from them.
-MEM_ADMIN_PORT=${NRL_LOAD_MEM_ADMIN_PORT:-50171}
-REDIS_ADMIN_PORT=${NRL_LOAD_REDIS_ADMIN_PORT:-50172}
+MEM_ADMIN_PORT=${NRL_LOAD_MEM_ADMIN_PORT:-25171}
+REDIS_ADMIN_PORT=${NRL_LOAD_REDIS_ADMIN_PORT:-25172}
 SEED_PATIENTS=3334 # x 3 pointers = 10,002 stored pointers: the "10k" of the flatness goal
 
 while [ $# -gt 0 ]; do

@@ -4,6 +4,8 @@
 //! - [`connection`]: every open connection of both listeners, with per-listener caps, the
 //!   handshake and idle deadlines, and eviction of the longest-idle connection when a listener is
 //!   full or the process runs out of file descriptors.
+//! - [`coalesced_writes`]: a gRPC connection's writes, held back for one turn of the scheduler so
+//!   that the answers finished together leave in one system call.
 //! - [`accept`]: the accept loop of both listeners: it admits connections through
 //!   [`connection::Connections`], and backs off (instead of spinning) when `accept` fails.
 //!
@@ -14,6 +16,7 @@
 //! The size limits of the API's messages are elsewhere, in `domain::limits`.
 
 pub mod accept;
+pub mod coalesced_writes;
 pub mod connection;
 
 use std::time::Duration;

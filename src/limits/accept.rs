@@ -5,6 +5,7 @@
 //! its cap and closes the longest-idle connection (`Connections::out_of_descriptors`), so that the
 //! retry finds one free and the backlog drains.
 
+use super::coalesced_writes::CoalescedWrites;
 use super::connection::{ConnectionKey, Connections, Listener, TrackedStream};
 use super::ConnectionLimits;
 use futures::Stream;
@@ -193,11 +194,14 @@ impl Acceptor {
         self.pause = next_pause(self.pause);
     }
 
-    /// The connections as the stream tonic's `serve_with_incoming_shutdown` takes.
-    pub fn into_incoming(self) -> impl Stream<Item = Result<TrackedStream, Infallible>> + Send + 'static {
+    /// The connections as the stream tonic's `serve_with_incoming_shutdown` takes, their writes
+    /// coalesced (HTTP/2 multiplexes many calls' answers onto each).
+    pub fn into_incoming(
+        self,
+    ) -> impl Stream<Item = Result<CoalescedWrites<TrackedStream>, Infallible>> + Send + 'static {
         futures::stream::unfold(self, |mut acceptor| async move {
             let connection = acceptor.next().await;
-            Some((Ok(connection), acceptor))
+            Some((Ok(CoalescedWrites::new(connection)), acceptor))
         })
     }
 }

@@ -485,6 +485,15 @@ impl AsyncWrite for TrackedStream {
     }
 }
 
+/// tonic's gRPC connections are coalesced; they record the same as the stream beneath.
+impl Connected for super::coalesced_writes::CoalescedWrites<TrackedStream> {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.get_ref().connect_info()
+    }
+}
+
 /// What tonic records of the connection: the plain TCP addresses, so that `remote_addr` and the
 /// mTLS client certificates are found as before.
 impl Connected for TrackedStream {

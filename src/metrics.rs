@@ -145,6 +145,7 @@ pub struct Metrics {
     connections_closed: Family<ListenerReasonLabels, Counter>,
     accept_errors: Family<ListenerReasonLabels, Counter>,
     calls_shed: Counter,
+    grpc_socket_writes: Counter,
     refusals: Family<Refusal, Counter>,
     federation: federation::FederationMetrics,
     fhir: fhir::FhirMetrics,
@@ -246,6 +247,12 @@ impl Metrics {
             "Calls refused with RESOURCE_EXHAUSTED at once because NRL_MAX_IN_FLIGHT calls were in flight",
             calls_shed.clone(),
         );
+        let grpc_socket_writes = Counter::default();
+        registry.register(
+            "nrl_grpc_socket_writes",
+            "Writes to the gRPC connections' sockets; over nrl_grpc_requests_total, how many answers share a system call",
+            grpc_socket_writes.clone(),
+        );
         let refusals = Family::<Refusal, Counter>::default();
         registry.register(
             "nrl_refusals",
@@ -280,6 +287,7 @@ impl Metrics {
             connections_closed,
             accept_errors,
             calls_shed,
+            grpc_socket_writes,
             refusals,
             federation,
             fhir,
@@ -373,6 +381,12 @@ impl Metrics {
 
     pub fn accept_error(&self, listener: &'static str, reason: &'static str) {
         self.accept_errors.get_or_create(&ListenerReasonLabels { listener, reason }).inc();
+    }
+
+    /// The counter each gRPC connection's [`crate::limits::coalesced_writes::CoalescedWrites`]
+    /// adds its socket writes to.
+    pub fn grpc_socket_writes(&self) -> Counter {
+        self.grpc_socket_writes.clone()
     }
 
     pub fn call_shed(&self) {

@@ -199,9 +199,13 @@ impl Acceptor {
     pub fn into_incoming(
         self,
     ) -> impl Stream<Item = Result<CoalescedWrites<TrackedStream>, Infallible>> + Send + 'static {
-        futures::stream::unfold(self, |mut acceptor| async move {
-            let connection = acceptor.next().await;
-            Some((Ok(CoalescedWrites::new(connection)), acceptor))
+        let writes = self.connections.metrics().grpc_socket_writes();
+        futures::stream::unfold(self, move |mut acceptor| {
+            let writes = writes.clone();
+            async move {
+                let connection = acceptor.next().await;
+                Some((Ok(CoalescedWrites::new(connection, writes)), acceptor))
+            }
         })
     }
 }

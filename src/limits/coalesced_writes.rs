@@ -17,6 +17,7 @@
 //! never for a timer. The TLS handshake works the same way: its flight is flushed, then it reads.
 //! Shutting down writes what is held first.
 
+use prometheus_client::metrics::counter::Counter;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -34,11 +35,13 @@ pub struct CoalescedWrites<S> {
     written: usize,
     /// A flush was answered without writing, and the task was woken to come back.
     held: bool,
+    /// Counts every write handed to the socket (`nrl_grpc_socket_writes_total`).
+    writes: Counter,
 }
 
 impl<S> CoalescedWrites<S> {
-    pub fn new(inner: S) -> Self {
-        Self { inner, buffer: Vec::new(), written: 0, held: false }
+    pub fn new(inner: S, writes: Counter) -> Self {
+        Self { inner, buffer: Vec::new(), written: 0, held: false, writes }
     }
 
     pub fn get_ref(&self) -> &S {
@@ -56,6 +59,7 @@ impl<S: AsyncWrite + Unpin> CoalescedWrites<S> {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buffer.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buffer[self.written..]))?;
+            self.writes.inc();
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -72,7 +76,9 @@ impl<S: AsyncWrite + Unpin> CoalescedWrites<S> {
         if self.buffer.len() + len > MAX_BUFFERED {
             ready!(self.poll_drain(cx))?;
             if len > MAX_BUFFERED {
-                return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+                let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+                self.writes.inc();
+                return Poll::Ready(Ok(written));
             }
         }
         for buf in bufs {

@@ -17,6 +17,7 @@ mod deadlines;
 mod descriptors;
 mod headers;
 mod shedding;
+mod writes;
 
 use nrl_registry::config::ServerConfig;
 use std::collections::HashMap;

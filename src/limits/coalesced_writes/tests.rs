@@ -17,12 +17,14 @@ struct Harness {
     stream: CoalescedWrites<DuplexStream>,
     peer: DuplexStream,
     wakes: Arc<Wakes>,
+    writes: Counter,
 }
 
 impl Harness {
     fn new() -> Self {
         let (ours, peer) = duplex(1 << 20);
-        Self { stream: CoalescedWrites::new(ours), peer, wakes: Arc::default() }
+        let writes = Counter::default();
+        Self { stream: CoalescedWrites::new(ours, writes.clone()), peer, wakes: Arc::default(), writes }
     }
 
     fn with_cx<T>(&mut self, f: impl FnOnce(Pin<&mut CoalescedWrites<DuplexStream>>, &mut Context<'_>) -> T) -> T {
@@ -85,7 +87,9 @@ async fn a_flush_is_held_until_a_read_has_to_wait_and_then_everything_goes_at_on
     assert!(h.received().await.is_empty());
 
     // The next run reads until it would wait: all of it goes, in order, in one write.
+    assert_eq!(h.writes.get(), 0);
     h.read_until_waiting();
+    assert_eq!(h.writes.get(), 1);
     assert_eq!(h.stream.held_bytes(), 0);
     assert_eq!(h.received().await, b"headers,a large data frame,trailers;");
 

@@ -383,8 +383,7 @@ impl Metrics {
         self.accept_errors.get_or_create(&ListenerReasonLabels { listener, reason }).inc();
     }
 
-    /// The counter each gRPC connection's [`crate::limits::coalesced_writes::CoalescedWrites`]
-    /// adds its socket writes to.
+    /// The counter each gRPC connection adds its socket writes to (its coalesced writes).
     pub fn grpc_socket_writes(&self) -> Counter {
         self.grpc_socket_writes.clone()
     }

@@ -17,6 +17,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 OUT=${NRL_PROFILE_OUT:-loadtest/out/profile}
+case "$OUT" in /*) ;; *) OUT=$ROOT/$OUT ;; esac  # valgrind and redis-server need it absolute
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=${NRL_BIN_DIR:-$TARGET/release}  # NRL_BIN_DIR: run other binaries (e.g. a patched build)
 CALLS=2000
@@ -50,18 +51,18 @@ trap cleanup EXIT
 
 STORE_URL=memory
 APPEND=(--appendonly no)
-[ "$STORE" = redis-always ] && APPEND=(--appendonly yes --appendfsync always --dir "$ROOT/$OUT")
+[ "$STORE" = redis-always ] && APPEND=(--appendonly yes --appendfsync always --dir "$OUT")
 if [ "$STORE" != memory ]; then
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" "${APPEND[@]}" \
     --hash-max-listpack-value 512 --hash-max-listpack-entries 256 --maxmemory-policy noeviction \
-    --logfile "$ROOT/$OUT/redis.log" &
+    --logfile "$OUT/redis.log" &
   PIDS+=("$!")
   STORE_URL="redis://127.0.0.1:$REDIS_PORT/0"
   for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
 # Under valgrind the server runs ~50x slower: give each call (and its store calls) room.
-NRL_REDIS_TIMEOUT_MS=${NRL_REDIS_TIMEOUT_MS:-20000} NRL_ADMIN_LISTEN=off NRL_FHIR_LISTEN=off valgrind --tool=callgrind --callgrind-out-file="$ROOT/$OUT/startup.callgrind" \
+NRL_REDIS_TIMEOUT_MS=${NRL_REDIS_TIMEOUT_MS:-20000} NRL_ADMIN_LISTEN=off NRL_FHIR_LISTEN=off valgrind --tool=callgrind --callgrind-out-file="$OUT/startup.callgrind" \
   "$BIN/nrl" serve --listen "127.0.0.1:$PORT" --store "$STORE_URL" > "$OUT/server.log" 2>&1 &
 SERVER=$!
 PIDS+=("$SERVER")
